@@ -1,0 +1,108 @@
+"""Affine pre-alignment with ANTsPy.
+
+The transform is ANTs' own: it maps points of the FIXED image (the atlas on
+the working grid) to points of the MOVING image (the subject), in ITK LPS mm,
+and is saved as an ITK ``.mat`` that ``antsApplyTransforms`` and
+``ants.apply_transforms`` read directly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path, load_image, load_labels
+
+LPS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _ants():
+    import ants  # imported lazily: ANTsPy is slow to import
+
+    return ants
+
+
+def set_ants_threads(threads: int) -> None:
+    """Use ``threads`` ITK threads (ANTs reads this at each call)."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(threads)))
+
+
+def register_affine(fixed_path, moving_path, *, seed: int = 0, metric: str = "mattes", iterations=(2100, 1200, 1200, 10), fixed_mask_path=None):
+    """Affine registration of ``moving`` to ``fixed``; returns the ANTs result dict.
+
+    ``random_seed`` makes ANTs' metric sampling reproducible; with more than
+    one ITK thread, results may still differ in the last digits.
+    """
+    ants = _ants()
+    load_image(fixed_path, what="fixed image")
+    load_image(moving_path, what="moving image")
+    fixed = ants.image_read(str(fixed_path))
+    moving = ants.image_read(str(moving_path))
+    mask = ants.image_read(str(fixed_mask_path)) if fixed_mask_path else None
+    return ants.registration(
+        fixed=fixed,
+        moving=moving,
+        type_of_transform="Affine",
+        aff_metric=metric,
+        aff_iterations=tuple(iterations),
+        mask=mask,
+        random_seed=int(seed),
+    )
+
+
+def apply_affine(fixed_path, image_path, transform_path, out_path, *, labels: bool = False) -> Path:
+    """Resample an image (or a label image) onto the fixed grid through ``transform_path``.
+
+    Labels use ANTs' ``genericLabel`` interpolation and are stored as int32,
+    so large ids (FreeSurfer-style, in the thousands) stay exact.
+    """
+    ants = _ants()
+    fixed = ants.image_read(str(fixed_path))
+    moving = ants.image_read(str(image_path))
+    warped = ants.apply_transforms(
+        fixed=fixed, moving=moving, transformlist=[str(transform_path)], interpolator="genericLabel" if labels else "linear"
+    )
+    if labels:
+        warped = warped.clone("unsigned int")  # ids validated non-negative; exact below 2^32
+    with atomic_path(out_path) as tmp:
+        ants.image_write(warped, str(tmp))
+    return Path(out_path)
+
+
+def affine_matrix_lps(transform_path) -> np.ndarray:
+    """The 4x4 matrix (ITK LPS mm, fixed point -> moving point) of an ANTs ``.mat``."""
+    tx = _ants().read_transform(str(transform_path))
+    params = np.asarray(tx.parameters, dtype=float)
+    centre = np.asarray(tx.fixed_parameters, dtype=float)
+    a, t = params[:9].reshape(3, 3), params[9:12]
+    m = np.eye(4)
+    m[:3, :3] = a
+    m[:3, 3] = t + centre - a @ centre
+    return m
+
+
+def affine_matrix_ras(transform_path) -> np.ndarray:
+    """The same transform in nibabel world coordinates (RAS mm)."""
+    flip = np.eye(4)
+    flip[:3, :3] = LPS
+    return flip @ affine_matrix_lps(transform_path) @ flip
+
+
+def run_affine(fixed, moving, out_prefix, *, labels=None, seed: int = 0, threads: int = 1) -> dict:
+    """``qs affine``: write ``PREFIX_affine.mat``, ``PREFIX_warped.nii.gz`` and, with labels, ``PREFIX_labels.nii.gz``."""
+    set_ants_threads(threads)
+    if labels:
+        load_labels(labels, reference=load_image(moving, what="moving image"), reference_path=moving)
+    result = register_affine(fixed, moving, seed=seed)
+    prefix = str(out_prefix)
+    Path(prefix).parent.mkdir(parents=True, exist_ok=True)
+    mat = Path(prefix + "_affine.mat")
+    with atomic_path(mat) as tmp:
+        shutil.copyfile(result["fwdtransforms"][0], tmp)
+    outputs = {"affine": mat, "warped": apply_affine(fixed, moving, mat, prefix + "_warped.nii.gz")}
+    if labels:
+        outputs["labels"] = apply_affine(fixed, labels, mat, prefix + "_labels.nii.gz", labels=True)
+    return outputs

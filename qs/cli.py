@@ -1,0 +1,142 @@
+"""The ``qs`` command line: one subcommand per pipeline step; file I/O lives here and in ``qs.io``.
+
+Bad input ends the program with exit status 2 and one line ``qs: error: FILE: problem``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .io import QsInputError, write_text
+
+
+def _demo(args):
+    from .demo import make_demo_cohort
+
+    sheet = make_demo_cohort(args.out, n_subjects=args.subjects, spacing=args.spacing, seed=args.seed, test_fraction=args.test_fraction)
+    print(sheet)
+
+
+def _atlas(args):
+    from .demo import write_builtin_atlas
+
+    for path in write_builtin_atlas(args.out).values():
+        print(path)
+
+
+def _grid(args):
+    from .preprocess import build_atlas_grid
+
+    out = build_atlas_grid(
+        args.t1, args.mask, args.out, spacing=args.spacing, margin_mm=args.margin, atlas_labels=args.labels, atlas_t2=args.t2
+    )
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def _validate(args):
+    from .validate import validate_subject
+
+    report = validate_subject(args.subject, args.t1, t2=args.t2, labels=args.labels)
+    write_text(json.dumps(report, indent=2) + "\n", args.out)
+
+
+def _preprocess(args):
+    from .preprocess import preprocess_subject
+
+    out = preprocess_subject(
+        args.subject,
+        args.atlas,
+        args.atlas_mask,
+        args.t1,
+        args.out,
+        t2=args.t2,
+        labels=args.labels,
+        normalize=args.normalize,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def _affine(args):
+    from .affine import run_affine
+
+    out = run_affine(args.fixed, args.moving, args.out, labels=args.labels, seed=args.seed, threads=args.threads)
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qs", description="Quicksilver: fast predictive LDDMM registration for cohort studies")
+    parser.add_argument("--version", action="version", version=f"qs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="write the built-in demo cohort (from the MNI ICBM152 2009a template)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--subjects", type=int, default=8, help="number of subjects (default 8)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size of the subject images in mm (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects in the test split")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("atlas", help="write the built-in atlas (MNI ICBM152 2009a T1, T2-like, mask, labels) at 1 mm")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_atlas)
+
+    p = sub.add_parser("grid", help="resample the atlas onto the working grid (cropped, FFT-friendly)")
+    p.add_argument("--t1", required=True, type=Path)
+    p.add_argument("--mask", required=True, type=Path)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--t2", type=Path)
+    p.add_argument("--spacing", type=float, required=True, help="working spacing in mm")
+    p.add_argument("--margin", type=float, default=8.0, help="margin around the brain mask in mm")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_grid)
+
+    p = sub.add_parser("validate", help="check one subject's input files; write a JSON summary")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--t1", required=True, type=Path)
+    p.add_argument("--t2", type=Path)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("preprocess", help="affine to the atlas, resample to the working grid, normalize")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--atlas", required=True, type=Path, help="atlas T1 on the working grid")
+    p.add_argument("--atlas-mask", required=True, type=Path)
+    p.add_argument("--t1", required=True, type=Path)
+    p.add_argument("--t2", type=Path)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--normalize", default="percentile", choices=["percentile", "max", "histeq"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_preprocess)
+
+    p = sub.add_parser("affine", help="ANTsPy affine registration of MOVING to FIXED")
+    p.add_argument("--fixed", required=True, type=Path)
+    p.add_argument("--moving", required=True, type=Path)
+    p.add_argument("--labels", type=Path, help="label image on the moving grid, resampled with genericLabel")
+    p.add_argument("--out", required=True, help="output prefix")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=_affine)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except QsInputError as exc:
+        print(f"qs: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Cohort inputs: subject sheets, BIDS discovery, train/test splits and pairs.
+
+Both a subject sheet (TSV) and a BIDS folder become the same validated table
+with columns ``subject``, ``t1``, ``t2``, ``labels``, ``split``: absolute
+paths (empty string where absent) and ``split`` in {``train``, ``test``}.
+Splits and pairs are deterministic functions of the table and a seed.
+"""
+
+from __future__ import annotations
+
+import re
+from itertools import permutations
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .io import QsInputError
+
+COLUMNS = ["subject", "t1", "t2", "labels", "split"]
+SPLITS = ("train", "test")
+ATLAS = "atlas"
+_SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def read_sheet(path) -> pd.DataFrame:
+    """Read and validate a subject sheet (TSV); paths are relative to the sheet.
+
+    Required columns: ``subject``, ``t1``. Optional: ``t2``, ``labels``,
+    ``split``. Extra columns are kept (covariates). Raises QsInputError
+    naming the sheet, row and problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QsInputError(f"{path}: subject sheet does not exist")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except Exception as exc:
+        raise QsInputError(f"{path}: cannot parse the subject sheet as TSV ({exc})") from exc
+    if len(table.columns) == 1 and "," in table.columns[0]:
+        raise QsInputError(f"{path}: the sheet looks comma-separated; subject sheets are tab-separated (TSV)")
+    table.columns = [c.strip() for c in table.columns]
+    missing = [c for c in ("subject", "t1") if c not in table.columns]
+    if missing:
+        raise QsInputError(f"{path}: missing required column(s) {missing}; found {list(table.columns)}")
+    if table.empty:
+        raise QsInputError(f"{path}: the subject sheet has no rows")
+    for col in ("t2", "labels", "split"):
+        if col not in table.columns:
+            table[col] = ""
+    table = table.apply(lambda s: s.str.strip())
+    return _validate_table(table, path, path.parent)
+
+
+def _validate_table(table: pd.DataFrame, source, root: Path) -> pd.DataFrame:
+    """Check ids, duplicates, split values and files; make paths absolute."""
+    for i, row in table.iterrows():
+        where = f"{source}: row {i + 2} (subject '{row['subject']}')"
+        if not _SUBJECT_ID.match(row["subject"]):
+            raise QsInputError(f"{where}: invalid subject id; use letters, digits, '-' and '_' only")
+        if row["subject"] == ATLAS:
+            raise QsInputError(f"{where}: 'atlas' is reserved for the atlas")
+        if row["split"] not in ("",) + SPLITS:
+            raise QsInputError(f"{where}: split must be 'train', 'test' or empty, got '{row['split']}'")
+        if not row["t1"]:
+            raise QsInputError(f"{where}: the t1 column is empty")
+    dup = table["subject"][table["subject"].duplicated()].unique()
+    if len(dup):
+        raise QsInputError(f"{source}: duplicate subject id(s): {', '.join(dup)}")
+    for col in ("t1", "t2", "labels"):
+        table[col] = [_resolve(p, root, source, subject, col) for p, subject in zip(table[col], table["subject"])]
+    return table.reset_index(drop=True)
+
+
+def _resolve(value: str, root: Path, source, subject: str, col: str) -> str:
+    if not value:
+        return ""
+    p = Path(value)
+    p = p if p.is_absolute() else (root / p)
+    if not p.is_file():
+        raise QsInputError(f"{source}: subject '{subject}': {col} file {p} does not exist")
+    return str(p.resolve())
+
+
+def discover_bids(root, *, label_suffixes=("dseg", "labels")) -> pd.DataFrame:
+    """Find ``sub-*/[ses-*/]anat/*_T1w.nii[.gz]`` (+ ``_T2w`` and a label image).
+
+    One row per subject and session; the subject id is ``sub-X`` or
+    ``sub-X_ses-Y``. Several T1w images for one session (runs, acquisitions)
+    are an error that lists them. Label images are ``*_<suffix>.nii[.gz]``
+    in the same ``anat`` folder, for the first suffix that matches.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise QsInputError(f"{root}: BIDS folder does not exist")
+    anats = sorted(p for p in root.glob("sub-*/anat") if p.is_dir()) + sorted(p for p in root.glob("sub-*/ses-*/anat") if p.is_dir())
+    rows = []
+    for anat in sorted(anats):
+        parts = anat.relative_to(root).parts
+        subject = "_".join(parts[:-1])
+        t1 = _one(anat, "T1w", subject)
+        if t1 is None:
+            continue
+        t2 = _one(anat, "T2w", subject)
+        labels = None
+        for suffix in label_suffixes:
+            labels = _one(anat, suffix, subject)
+            if labels is not None:
+                break
+        rows.append({"subject": subject, "t1": str(t1), "t2": str(t2 or ""), "labels": str(labels or ""), "split": ""})
+    if not rows:
+        raise QsInputError(f"{root}: no T1w images found (expected sub-*/[ses-*/]anat/*_T1w.nii[.gz])")
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    participants = root / "participants.tsv"
+    if participants.is_file():
+        extra = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
+        if "split" in extra.columns and "participant_id" in extra.columns:
+            split = dict(zip(extra["participant_id"], extra["split"]))
+            table["split"] = [split.get(s.split("_")[0], "") for s in table["subject"]]
+    return _validate_table(table, root, root)
+
+
+def _one(anat: Path, suffix: str, subject: str) -> Path | None:
+    found = sorted(p for p in anat.iterdir() if re.search(rf"_{suffix}\.nii(\.gz)?$", p.name))
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise QsInputError(f"{anat}: several _{suffix} images for {subject} ({names}); keep one or give a subject sheet")
+    return found[0] if found else None
+
+
+def assign_splits(table: pd.DataFrame, *, test_fraction: float, seed: int) -> pd.DataFrame:
+    """Fill empty ``split`` entries: a seeded random ``test_fraction`` become test.
+
+    Rows that already have a split keep it. At least one subject is test and
+    one is train when the table has two or more subjects.
+    """
+    table = table.copy()
+    free = [i for i in table.index if table.at[i, "split"] == ""]
+    if free:
+        order = np.random.default_rng(seed).permutation(len(free))
+        n_test = int(round(test_fraction * len(free)))
+        if len(free) >= 2:
+            n_test = min(max(n_test, 1), len(free) - 1)
+        for rank, k in enumerate(order):
+            table.at[free[k], "split"] = "test" if rank < n_test else "train"
+    return table
+
+
+def make_pairs(table: pd.DataFrame, *, mode: str, seed: int, max_train_pairs: int = 0, max_test_pairs: int = 0) -> pd.DataFrame:
+    """Registration pairs ``moving -> target`` with columns pair, moving, target, split.
+
+    ``atlas-to-image``: the atlas is the moving image for every subject.
+    ``image-to-image``: all ordered pairs of distinct subjects within a split.
+    ``max_*_pairs`` > 0 keeps a seeded random subset (sorted by pair id).
+    """
+    if mode not in ("atlas-to-image", "image-to-image"):
+        raise QsInputError(f"pairs.mode must be 'atlas-to-image' or 'image-to-image', got '{mode}'")
+    rows = []
+    for split in SPLITS:
+        subjects = sorted(table.loc[table["split"] == split, "subject"])
+        if mode == "atlas-to-image":
+            combos = [(ATLAS, s) for s in subjects]
+        else:
+            combos = list(permutations(subjects, 2))
+        limit = max_train_pairs if split == "train" else max_test_pairs
+        if limit and len(combos) > limit:
+            keep = np.random.default_rng([seed, SPLITS.index(split)]).choice(len(combos), size=limit, replace=False)
+            combos = [combos[k] for k in sorted(keep)]
+        rows += [{"pair": f"{m}_to_{t}", "moving": m, "target": t, "split": split} for m, t in combos]
+    pairs = pd.DataFrame(rows, columns=["pair", "moving", "target", "split"])
+    for split in SPLITS:
+        if not (pairs["split"] == split).any():
+            raise QsInputError(
+                f"no {split} pairs: {mode} pairing needs "
+                f"{'one' if mode == 'atlas-to-image' else 'two'} or more {split} subjects "
+                f"(have {int((table['split'] == split).sum())}); adjust the split or pairs.mode"
+            )
+    return pairs
+
+
+def load_cohort(source: str, *, sheet=None, bids=None, label_suffixes=("dseg", "labels"), test_fraction=0.25, seed=0) -> pd.DataFrame:
+    """The validated cohort table from a sheet or BIDS folder, splits filled in."""
+    if source == "sheet":
+        if not sheet:
+            raise QsInputError("config: cohort.source is 'sheet' but cohort.sheet is empty")
+        table = read_sheet(sheet)
+    elif source == "bids":
+        if not bids:
+            raise QsInputError("config: cohort.source is 'bids' but cohort.bids is empty")
+        table = discover_bids(bids, label_suffixes=tuple(label_suffixes))
+    else:
+        raise QsInputError(f"config: unknown cohort.source '{source}' (demo, sheet or bids)")
+    return assign_splits(table, test_fraction=test_fraction, seed=seed)
+
+
+def demo_subjects(n_subjects: int) -> list[str]:
+    """Subject ids of the built-in demo cohort: sub-01, sub-02, ..."""
+    return [f"sub-{k:02d}" for k in range(1, n_subjects + 1)]
+
+
+def demo_table(root, n_subjects: int, *, test_fraction: float, seed: int) -> pd.DataFrame:
+    """The demo cohort's table, known before its files are written.
+
+    Paths follow the layout ``qs demo`` writes; splits come from
+    :func:`assign_splits`, so the demo's ``subjects.tsv`` and the workflow agree.
+    """
+    root = Path(root)
+    rows = [
+        {
+            "subject": s,
+            "t1": str(root / s / f"{s}_T1w.nii.gz"),
+            "t2": str(root / s / f"{s}_T2w.nii.gz"),
+            "labels": str(root / s / f"{s}_labels.nii.gz"),
+            "split": "",
+        }
+        for s in demo_subjects(n_subjects)
+    ]
+    return assign_splits(pd.DataFrame(rows, columns=COLUMNS), test_fraction=test_fraction, seed=seed)

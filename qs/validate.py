@@ -1,0 +1,39 @@
+"""Input validation of one subject's files, before any work is done on them."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+
+from .io import QsInputError, load_image, load_labels, spacing
+
+
+def _describe(img: nib.Nifti1Image) -> dict:
+    data = np.asarray(img.dataobj)
+    return {
+        "shape": list(img.shape[:3]),
+        "spacing_mm": [round(s, 4) for s in spacing(img)],
+        "orientation": "".join(nib.aff2axcodes(img.affine)),
+        "min": float(data.min()),
+        "max": float(data.max()),
+    }
+
+
+def validate_subject(subject: str, t1, *, t2=None, labels=None) -> dict:
+    """Check a subject's T1 (and T2, labels); return a summary dict.
+
+    Raises :class:`qs.io.QsInputError` naming the file for: missing or
+    unreadable files, images that are not 3D, NaN/Inf voxels, a constant
+    (empty) T1, labels that are empty, not integer or not on the T1 grid.
+    """
+    t1_img = load_image(t1, what="T1 image")
+    report = {"subject": subject, "t1": {"path": str(t1), **_describe(t1_img)}}
+    if report["t1"]["max"] <= report["t1"]["min"]:
+        raise QsInputError(f"{t1}: T1 image is constant ({report['t1']['min']}); nothing to register")
+    if t2:
+        report["t2"] = {"path": str(t2), **_describe(load_image(t2, what="T2 image"))}
+    if labels:
+        lab = load_labels(labels, reference=t1_img, reference_path=t1)
+        ids = np.unique(np.asarray(lab.dataobj))
+        report["labels"] = {"path": str(labels), "n_labels": int((ids > 0).sum()), "max_id": int(ids.max())}
+    return report

@@ -1,0 +1,125 @@
+"""Glue shared by the workflow files: config validation, the cohort table, pairs, resources."""
+
+import os
+import sys
+
+from snakemake.utils import validate
+
+from qs.cohort import demo_table, load_cohort, make_pairs
+from qs.io import QsInputError
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+R = config["results"]
+LOGS = f"{R}/logs"
+BENCH = f"{R}/benchmarks"
+DEMO = f"{R}/demo"
+
+
+def _cohort():
+    c = config["cohort"]
+    if c["source"] == "demo":
+        return demo_table(DEMO, c["demo"]["subjects"], test_fraction=c["test_fraction"], seed=config["seed"])
+    return load_cohort(
+        c["source"],
+        sheet=c["sheet"],
+        bids=c["bids"],
+        label_suffixes=c["bids_label_suffixes"],
+        test_fraction=c["test_fraction"],
+        seed=config["seed"],
+    )
+
+
+try:
+    subjects = _cohort().set_index("subject", drop=False)
+    validate(subjects, schema="../schemas/subjects.schema.yaml")
+    pairs = make_pairs(
+        subjects, mode=config["pairs"]["mode"], seed=config["seed"],
+        max_train_pairs=config["pairs"]["max_train_pairs"], max_test_pairs=config["pairs"]["max_test_pairs"],
+    ).set_index("pair", drop=False)
+except QsInputError as exc:
+    sys.exit(f"qs: error: {exc}")
+
+SUBJECTS = list(subjects.index)
+
+
+def _cohort_has(kind):
+    """True when every subject has a ``kind`` file; a partly filled column is ignored, with a warning."""
+    present = subjects[kind] != ""
+    if present.any() and not present.all():
+        missing = ", ".join(subjects.index[~present][:5])
+        print(f"qs: warning: {kind} given for only some subjects (missing: {missing}...); ignoring the {kind} column", file=sys.stderr)
+        subjects[kind] = ""
+    return bool(present.all())
+
+
+HAS_T2 = _cohort_has("t2")
+HAS_LABELS = _cohort_has("labels")
+
+
+def resources_of(stage):
+    """Resources of a stage from config (threads, mem_mb, runtime, gpu)."""
+    return config[stage]["resources"]
+
+
+def subject_file(kind):
+    """Input function: the subject's raw file of ``kind`` (t1, t2, labels), [] if absent."""
+
+    def get(wildcards):
+        path = subjects.loc[wildcards.subject, kind]
+        return [path] if path else []
+
+    return get
+
+
+def optional_flag(flag, kind):
+    """Params function: ``--flag PATH`` when the subject has that file, else ''."""
+
+    def get(wildcards):
+        path = subjects.loc[wildcards.subject, kind]
+        return f"{flag} {path}" if path else ""
+
+    return get
+
+
+def atlas_source(kind):
+    """The atlas file of ``kind`` (t1, mask, labels, t2) the working grid is built from."""
+    if config["atlas"]["source"] == "builtin":
+        name = {"t1": "T1w", "mask": "mask", "labels": "labels", "t2": "T2w"}[kind]
+        return f"{R}/atlas/source/atlas_{name}.nii.gz"
+    return config["atlas"][kind]
+
+
+def atlas_grid_outputs():
+    """Named outputs of the working-grid rule: the atlas on the working grid."""
+    out = {"t1": f"{R}/atlas/atlas_T1w.nii.gz", "mask": f"{R}/atlas/atlas_mask.nii.gz", "grid": f"{R}/atlas/grid.json"}
+    for kind, name in (("labels", "labels"), ("t2", "T2w")):
+        if atlas_source(kind):
+            out[kind] = f"{R}/atlas/atlas_{name}.nii.gz"
+    return out
+
+
+def preprocessed(subject, kind):
+    return f"{R}/preprocessed/{subject}/{subject}_{kind}"
+
+
+def get_final_output():
+    """Targets of the default target: everything the implemented stages produce."""
+    out = [f"{R}/cohort/subjects.tsv", f"{R}/cohort/pairs.tsv"]
+    out += [preprocessed(s, "T1w.nii.gz") for s in SUBJECTS]
+    return out
+
+
+def preprocess_outputs():
+    """Named outputs of the pre-processing rule; T2 and labels when the cohort has them."""
+    out = {
+        "t1": preprocessed("{subject}", "T1w.nii.gz"),
+        "affine": preprocessed("{subject}", "affine.mat"),
+        "qc_json": preprocessed("{subject}", "preprocess.json"),
+    }
+    if HAS_T2:
+        out["t2"] = preprocessed("{subject}", "T2w.nii.gz")
+    if HAS_LABELS:
+        out["labels"] = preprocessed("{subject}", "labels.nii.gz")
+    return out

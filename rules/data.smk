@@ -1,0 +1,97 @@
+"""Inputs: the built-in demo cohort and atlas, the working grid, the cohort table, validation."""
+
+
+if config["cohort"]["source"] == "demo":
+
+    rule demo:
+        output:
+            sheet=f"{DEMO}/subjects.tsv",
+            images=[subjects.loc[s, k] for s in SUBJECTS for k in ("t1", "t2", "labels")],
+        params:
+            n=config["cohort"]["demo"]["subjects"],
+            spacing=config["cohort"]["demo"]["spacing"],
+            test_fraction=config["cohort"]["test_fraction"],
+            seed=config["seed"],
+            out=lambda w, output: os.path.dirname(output.sheet),
+        log:
+            f"{LOGS}/demo.log",
+        conda:
+            "../envs/qs.yaml"
+        shell:
+            "qs demo --out {params.out} --subjects {params.n} --spacing {params.spacing} "
+            "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"
+
+
+rule builtin_atlas:
+    output:
+        t1=f"{R}/atlas/source/atlas_T1w.nii.gz",
+        t2=f"{R}/atlas/source/atlas_T2w.nii.gz",
+        mask=f"{R}/atlas/source/atlas_mask.nii.gz",
+        labels=f"{R}/atlas/source/atlas_labels.nii.gz",
+    params:
+        out=lambda w, output: os.path.dirname(output.t1),
+    log:
+        f"{LOGS}/builtin_atlas.log",
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "qs atlas --out {params.out} > {log} 2>&1"
+
+
+rule working_grid:
+    input:
+        t1=atlas_source("t1"),
+        mask=atlas_source("mask"),
+        labels=[atlas_source("labels")] if atlas_source("labels") else [],
+        t2=[atlas_source("t2")] if atlas_source("t2") else [],
+    output:
+        **atlas_grid_outputs(),
+    params:
+        spacing=config["grid"]["spacing"],
+        margin=config["grid"]["margin_mm"],
+        out=lambda w, output: os.path.dirname(output.t1),
+        extra=lambda w, input: " ".join(
+            f"--{k} {input[k][0]}" for k in ("labels", "t2") if input[k]
+        ),
+    log:
+        f"{LOGS}/working_grid.log",
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "qs grid --t1 {input.t1} --mask {input.mask} {params.extra} --spacing {params.spacing} "
+        "--margin {params.margin} --out {params.out} > {log} 2>&1"
+
+
+rule cohort_tables:
+    input:
+        sheet=[config["cohort"]["sheet"]] if config["cohort"]["source"] == "sheet" else [],
+    output:
+        subjects=f"{R}/cohort/subjects.tsv",
+        pairs=f"{R}/cohort/pairs.tsv",
+    params:
+        subjects=subjects,
+        pairs=pairs,
+    log:
+        f"{LOGS}/cohort_tables.log",
+    run:
+        from qs.io import write_text
+
+        write_text(params.subjects.to_csv(sep="\t", index=False), output.subjects)
+        write_text(params.pairs.to_csv(sep="\t", index=False), output.pairs)
+
+
+rule validate_subject:
+    input:
+        t1=subject_file("t1"),
+        t2=subject_file("t2"),
+        labels=subject_file("labels"),
+    output:
+        f"{R}/validated/{{subject}}.json",
+    params:
+        extra=lambda w: " ".join(filter(None, [optional_flag("--t2", "t2")(w), optional_flag("--labels", "labels")(w)])),
+    log:
+        f"{LOGS}/validate/{{subject}}.log",
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "qs validate --subject {wildcards.subject} --t1 {input.t1} {params.extra} --out {output} > {log} 2>&1"

@@ -1,0 +1,38 @@
+"""Per-subject pre-processing: ANTsPy affine to the atlas, working grid, normalization, QC."""
+
+
+rule preprocess:
+    input:
+        validated=f"{R}/validated/{{subject}}.json",
+        atlas=f"{R}/atlas/atlas_T1w.nii.gz",
+        atlas_mask=f"{R}/atlas/atlas_mask.nii.gz",
+        t1=subject_file("t1"),
+        t2=subject_file("t2"),
+        labels=subject_file("labels"),
+    output:
+        **preprocess_outputs(),
+        qc=report(
+            f"{R}/preprocessed/{{subject}}/{{subject}}_qc.png",
+            caption="../report/preprocess_qc.rst",
+            category="Pre-processing",
+            labels={"subject": "{subject}"},
+        ),
+    params:
+        extra=lambda w: " ".join(filter(None, [optional_flag("--t2", "t2")(w), optional_flag("--labels", "labels")(w)])),
+        normalize=config["preprocess"]["normalize"],
+        seed=config["seed"],
+        out=lambda w, output: os.path.dirname(output.t1),
+    log:
+        f"{LOGS}/preprocess/{{subject}}.log",
+    benchmark:
+        f"{BENCH}/preprocess/{{subject}}.tsv"
+    threads: resources_of("preprocess")["threads"]
+    resources:
+        mem_mb=resources_of("preprocess")["mem_mb"],
+        runtime=resources_of("preprocess")["runtime"],
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "qs preprocess --subject {wildcards.subject} --atlas {input.atlas} --atlas-mask {input.atlas_mask} "
+        "--t1 {input.t1} {params.extra} --normalize {params.normalize} --seed {params.seed} "
+        "--threads {threads} --out {params.out} > {log} 2>&1"
