@@ -49,6 +49,7 @@ def read_sheet(path) -> pd.DataFrame:
         if col not in table.columns:
             table[col] = ""
     table = table.apply(lambda s: s.str.strip())
+    table = table[COLUMNS + [c for c in table.columns if c not in COLUMNS]]
     return _validate_table(table, path, path.parent)
 
 

@@ -1,0 +1,44 @@
+"""Shared fixtures: small real NIfTI images and sheets written to tmp_path."""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_nifti(path, data, affine=None, dtype=None):
+    """Write ``data`` as NIfTI (no validation: tests use this to make bad files too)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = np.asarray(data)
+    img = nib.Nifti1Image(data if dtype is None else data.astype(dtype), np.eye(4) if affine is None else affine)
+    nib.save(img, str(path))
+    return path
+
+
+def blob(shape=(12, 14, 10), seed=0):
+    """A smooth positive 'brain' image: an ellipsoid with some texture."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    r = np.sqrt((grid**2).sum(0))
+    return ((r < 0.8) * (100 + 20 * rng.standard_normal(shape))).astype(np.float32)
+
+
+@pytest.fixture
+def subject_files(tmp_path):
+    """Factory: write a subject's T1 (and labels) under tmp_path; returns paths."""
+
+    def make(name, *, labels=True, shape=(12, 14, 10)):
+        t1 = write_nifti(tmp_path / name / f"{name}_T1w.nii.gz", blob(shape))
+        out = {"t1": t1}
+        if labels:
+            lab = np.zeros(shape, np.int32)
+            lab[2:6, 2:8, 2:6] = 2035
+            lab[6:10, 2:8, 2:6] = 1001
+            out["labels"] = write_nifti(tmp_path / name / f"{name}_labels.nii.gz", lab)
+        return out
+
+    return make
