@@ -10,7 +10,7 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: workflow.source_path("config.yaml")
 
 
 report: "report/workflow.rst"
