@@ -22,9 +22,9 @@ def _demo(args):
 
 
 def _atlas(args):
-    from .demo import write_builtin_atlas
+    from .demo import write_atlas
 
-    for path in write_builtin_atlas(args.out).values():
+    for path in write_atlas(args.out, subfolder="").values():
         print(path)
 
 

@@ -195,8 +195,9 @@ def load_cohort(source: str, *, sheet=None, bids=None, label_suffixes=("dseg", "
 
 
 def demo_subjects(n_subjects: int) -> list[str]:
-    """Subject ids of the built-in demo cohort: sub-01, sub-02, ..."""
-    return [f"sub-{k:02d}" for k in range(1, n_subjects + 1)]
+    """Subject ids of the built-in demo cohort: sub-01, sub-02, ... (wider past 99)."""
+    width = max(2, len(str(n_subjects)))
+    return [f"sub-{k:0{width}d}" for k in range(1, n_subjects + 1)]
 
 
 def demo_table(root, n_subjects: int, *, test_fraction: float, seed: int) -> pd.DataFrame:
