@@ -26,17 +26,28 @@ def _ants():
 
 
 def set_ants_threads(threads: int) -> None:
-    """Use ``threads`` ITK threads (ANTs reads this at each call)."""
+    """Use ``threads`` ITK threads; set it before the first ANTs call of the process."""
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(threads)))
+
+
+def seed_ants(seed: int) -> None:
+    """Seed ANTs' metric sampling (``antsRegistration --random-seed``).
+
+    ANTsPy ignores a ``random_seed`` keyword of ``ants.registration``; the
+    seed only reaches ANTs through its package configuration. With one ITK
+    thread the result is then bit-identical between runs.
+    """
+    _ants().config._random_seed = int(seed)
 
 
 def register_affine(fixed_path, moving_path, *, seed: int = 0, metric: str = "mattes", iterations=(2100, 1200, 1200, 10), fixed_mask_path=None):
     """Affine registration of ``moving`` to ``fixed``; returns the ANTs result dict.
 
-    ``random_seed`` makes ANTs' metric sampling reproducible; with more than
-    one ITK thread, results may still differ in the last digits.
+    ``seed`` makes ANTs' metric sampling reproducible; with more than one
+    ITK thread, results may still differ in the last digits.
     """
     ants = _ants()
+    seed_ants(seed)
     load_image(fixed_path, what="fixed image")
     load_image(moving_path, what="moving image")
     fixed = ants.image_read(str(fixed_path))
@@ -49,7 +60,6 @@ def register_affine(fixed_path, moving_path, *, seed: int = 0, metric: str = "ma
         aff_metric=metric,
         aff_iterations=tuple(iterations),
         mask=mask,
-        random_seed=int(seed),
     )
 
 

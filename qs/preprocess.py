@@ -49,9 +49,8 @@ def normalize_intensity(data: np.ndarray, mask: np.ndarray, method: str = "perce
 def _rigid_to_t1(t1_path, t2_path, out_mat, seed):
     """Rigid ANTs registration of a T2 on its own grid to the T1 (T1 point -> T2 point)."""
     ants = aff._ants()
-    result = ants.registration(
-        fixed=ants.image_read(str(t1_path)), moving=ants.image_read(str(t2_path)), type_of_transform="Rigid", random_seed=int(seed)
-    )
+    aff.seed_ants(seed)
+    result = ants.registration(fixed=ants.image_read(str(t1_path)), moving=ants.image_read(str(t2_path)), type_of_transform="Rigid")
     shutil.copyfile(result["fwdtransforms"][0], out_mat)
 
 

@@ -12,7 +12,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .affine import _ants, set_ants_threads
+from .affine import _ants, seed_ants, set_ants_threads
 from .io import atomic_path, check_same_grid, load_image, load_labels, write_text
 
 
@@ -33,8 +33,9 @@ def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     fixed, mov = ants.image_read(str(target)), ants.image_read(str(moving))
+    seed_ants(seed)
     start = time.perf_counter()
-    result = ants.registration(fixed=fixed, moving=mov, type_of_transform=type_of_transform, random_seed=int(seed))
+    result = ants.registration(fixed=fixed, moving=mov, type_of_transform=type_of_transform)
     seconds = time.perf_counter() - start
     fwd = result["fwdtransforms"]
     warp_src = next(p for p in fwd if p.endswith(".nii.gz"))
