@@ -69,6 +69,32 @@ def _affine(args):
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
 
+def _syn(args):
+    from .syn import run_syn
+
+    out = run_syn(args.moving, args.target, args.out, labels=args.labels, seed=args.seed, threads=args.threads)
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def _overlap(args):
+    import numpy as np
+    import pandas as pd
+
+    from .evaluate import OVERLAP_COLUMNS, overlap_rows
+    from .io import check_same_grid, load_labels
+
+    target = load_labels(args.target_labels)
+    rows = []
+    for spec in args.method:
+        method, _, path = spec.partition("=")
+        if not path:
+            raise QsInputError(f"--method must be NAME=LABELS, got '{spec}'")
+        warped = load_labels(path)
+        check_same_grid(target, warped, args.target_labels, path)
+        rows += overlap_rows(args.pair, method, np.asarray(warped.dataobj), np.asarray(target.dataobj))
+    write_text(pd.DataFrame(rows, columns=OVERLAP_COLUMNS).to_csv(sep="\t", index=False, float_format="%.6f"), args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qs", description="Quicksilver: fast predictive LDDMM registration for cohort studies")
     parser.add_argument("--version", action="version", version=f"qs {__version__}")
@@ -125,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_affine)
+
+    p = sub.add_parser("syn", help="ANTsPy SyN baseline of MOVING to TARGET (both on the working grid)")
+    p.add_argument("--moving", required=True, type=Path)
+    p.add_argument("--target", required=True, type=Path)
+    p.add_argument("--labels", type=Path, help="moving label image, warped with genericLabel")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=_syn)
+
+    p = sub.add_parser("overlap", help="per-label target overlap and Dice of warped labels against the target labels")
+    p.add_argument("--pair", required=True)
+    p.add_argument("--target-labels", required=True, type=Path)
+    p.add_argument("--method", action="append", required=True, metavar="NAME=LABELS", help="a method and its warped labels (repeatable)")
+    p.add_argument("--out", required=True, type=Path, help="TSV: pair, method, label, target_overlap, dice")
+    p.set_defaults(func=_overlap)
     return parser
 
 

@@ -61,3 +61,20 @@ def error_percentiles(errors: np.ndarray, percentiles=PERCENTILES) -> dict[str, 
     """The paper's percentiles of a deformation error sample, keyed ``p0.3``, ``p5``, ..."""
     values = np.percentile(np.asarray(errors, np.float64), percentiles)
     return {f"p{p:g}": float(v) for p, v in zip(percentiles, values)}
+
+
+OVERLAP_COLUMNS = ["pair", "method", "label", "target_overlap", "dice"]
+
+
+def overlap_rows(pair: str, method: str, warped: np.ndarray, target: np.ndarray) -> list[dict]:
+    """Rows of ``target_overlap.tsv`` for one pair and method: one per label, then ``all``.
+
+    The ``all`` row pools voxels over labels (Klein et al. 2009 target
+    overlap; the Dice of the pooled counts).
+    """
+    ov = label_overlaps(warped, target)
+    rows = [{"pair": pair, "method": method, "label": str(r), "target_overlap": v["target_overlap"], "dice": v["dice"]} for r, v in ov.items()]
+    inter = sum(v["intersection"] for v in ov.values())
+    sizes = sum(v["target_voxels"] + v["source_voxels"] for v in ov.values())
+    rows.append({"pair": pair, "method": method, "label": "all", "target_overlap": total_target_overlap(ov), "dice": 2 * inter / sizes if sizes else float("nan")})
+    return rows
