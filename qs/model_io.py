@@ -1,0 +1,187 @@
+"""Model files: safetensors weights plus JSON metadata, never pickle.
+
+A model file is a ``.safetensors`` file whose header metadata holds one
+entry, ``"qs"``: a JSON object with everything needed to use the weights
+(:data:`REQUIRED_KEYS`):
+
+* network: ``architecture``, ``patch``, ``stride``, ``features``, ``dropout``;
+* normalisation: ``momentum_scale`` (the net predicts ``m0 * momentum_scale``),
+  ``intensity`` (a description of the input convention);
+* LDDMM kernel and shooting: ``alpha``, ``beta``, ``gamma``, ``time_steps``,
+  ``sigma``; working grid ``spacing`` (mm, 3 values); ``modality``
+  (e.g. ``"T1->T1"``);
+* provenance: ``kind`` (``"prediction"`` or ``"correction"``),
+  ``train_pairs``, ``train_patches``, ``qs_version``, ``torch_version``;
+* integrity: ``weights_sha256``, a digest of every tensor's name, dtype,
+  shape and bytes, checked on load (a file whose weights were altered after
+  saving is refused).
+
+:func:`load_model` never unpickles: safetensors is parsed by its own
+(non-executing) reader, so a pickle disguised as a model is refused before
+any of its content is interpreted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from . import __version__
+from .io import QsInputError, atomic_path
+from .net import QuicksilverNet
+
+MODEL_FORMAT = "qs-model-1"
+ARCHITECTURE = "quicksilver-2017"
+KINDS = ("prediction", "correction")
+
+#: keys the caller supplies to :func:`save_model` (the rest are filled in)
+RUN_KEYS = ("kind", "stride", "alpha", "beta", "gamma", "time_steps", "sigma", "spacing", "modality",
+            "train_pairs", "train_patches", "momentum_scale")
+#: LDDMM settings a model is tied to (compare them with ``expect`` at prediction)
+LDDMM_KEYS = ("alpha", "beta", "gamma", "time_steps", "sigma")
+REQUIRED_KEYS = ("format", "architecture", "patch", "features", "dropout", "intensity", "qs_version",
+                 "torch_version", "weights_sha256") + RUN_KEYS
+
+INTENSITY = "per-image intensities in [0, 1] from the pre-processing; channel 0 moving, 1 target"
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes (sorted by name)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def missing_keys(meta: dict, keys=RUN_KEYS) -> list[str]:
+    return [k for k in keys if k not in meta]
+
+
+def save_model(model: QuicksilverNet, meta: dict, path) -> Path:
+    """Write ``model``'s weights and ``meta`` (must hold :data:`RUN_KEYS`) atomically.
+
+    The network keys (``patch``, ``features``, ``dropout``), versions,
+    format and digest are taken from the model and the environment.
+    """
+    missing = missing_keys(meta)
+    if missing:
+        raise ValueError(f"save_model: metadata lacks {', '.join(missing)}")
+    if meta["kind"] not in KINDS:
+        raise ValueError(f"save_model: kind must be one of {KINDS}, got {meta['kind']!r}")
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    full = dict(meta)
+    full.update(
+        format=MODEL_FORMAT,
+        architecture=ARCHITECTURE,
+        patch=model.patch,
+        features=model.features,
+        dropout=model.dropout,
+        intensity=meta.get("intensity", INTENSITY),
+        qs_version=__version__,
+        torch_version=torch.__version__,
+        weights_sha256=weights_digest(tensors),
+    )
+    try:
+        text = json.dumps(full, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"save_model: metadata must be JSON (finite numbers, strings, lists): {exc}") from None
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"qs": text})
+    return path
+
+
+def read_meta(path) -> dict:
+    """The metadata of a model file, checked for format and completeness (weights not read)."""
+    meta, _ = _read(path, tensors=False)
+    return meta
+
+
+def _read(path, *, tensors: bool):
+    path = Path(path)
+    if not path.is_file():
+        raise QsInputError(f"{path}: model file does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            weights = {k: f.get_tensor(k) for k in f.keys()} if tensors else None
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise QsInputError(
+            f"{path}: not a valid safetensors model file ({type(exc).__name__}: {exc}); "
+            "qs reads only models written by qs (weights in safetensors, no pickle)"
+        ) from None
+    if "qs" not in header:
+        raise QsInputError(f"{path}: safetensors file without qs metadata; not a qs model")
+    try:
+        meta = json.loads(header["qs"])
+    except ValueError as exc:
+        raise QsInputError(f"{path}: qs metadata is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise QsInputError(f"{path}: qs metadata is not a JSON object")
+    if meta.get("format") != MODEL_FORMAT:
+        raise QsInputError(f"{path}: model format {meta.get('format')!r}, expected {MODEL_FORMAT!r}")
+    missing = missing_keys(meta, REQUIRED_KEYS)
+    if missing:
+        raise QsInputError(f"{path}: model metadata lacks {', '.join(missing)}")
+    if meta["architecture"] != ARCHITECTURE:
+        raise QsInputError(f"{path}: architecture {meta['architecture']!r}, expected {ARCHITECTURE!r}")
+    return meta, weights
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-12)
+    return a == b
+
+
+def check_expect(meta: dict, expect: dict, path) -> None:
+    """Raise :class:`QsInputError` naming every key whose model value differs from the run's."""
+    problems = []
+    for key, want in expect.items():
+        if key not in meta:
+            problems.append(f"{key}: the model has no value, this run uses {want!r}")
+        elif not _same(meta[key], list(want) if isinstance(want, tuple) else want):
+            problems.append(f"{key}: the model has {meta[key]!r}, this run uses {want!r}")
+    if problems:
+        raise QsInputError(
+            f"{path}: model does not match this run's settings ("
+            + "; ".join(problems)
+            + "). Use a model trained with these settings, or retrain it."
+        )
+
+
+def load_model(path, expect: dict | None = None, device="cpu") -> tuple[QuicksilverNet, dict]:
+    """Read a model file; returns ``(model in eval mode on device, metadata)``.
+
+    Refuses (``QsInputError`` naming the file): files that are not
+    safetensors (pickles included, never executed), files without complete
+    qs metadata, weights whose digest does not match the metadata, weights
+    that do not fit the architecture, and metadata that differs from
+    ``expect`` (e.g. ``{"alpha": 0.01, ..., "kind": "prediction"}``).
+    """
+    meta, weights = _read(path, tensors=True)
+    if weights_digest(weights) != meta["weights_sha256"]:
+        raise QsInputError(f"{path}: weights do not match the sha256 stored in the metadata; "
+                           "the file was altered or damaged after saving")
+    if expect:
+        check_expect(meta, expect, path)
+    try:
+        model = QuicksilverNet(int(meta["features"]), float(meta["dropout"]), int(meta["patch"]))
+        model.load_state_dict(weights, strict=True)
+    except (ValueError, RuntimeError) as exc:
+        raise QsInputError(f"{path}: weights do not fit the network described by its metadata ({exc})") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,192 @@
+"""The Quicksilver network: patch-wise prediction of the LDDMM initial momentum.
+
+Architecture (Yang et al. 2017, layer order as in the original code,
+rkwitt/quicksilver ``prediction_network.py``), ``F = features``:
+
+* two encoders, one for the moving and one for the target patch, not
+  sharing weights; each has two levels. A level ``(c_in -> c)`` is::
+
+      conv3^3(c_in->c) PReLU drop, conv3^3(c->c) PReLU drop,
+      conv3^3(c->c) PReLU drop, conv2^3 stride 2 pad 1 (c->c) PReLU
+
+  (the strided convolution downsamples, 15 -> 8 -> 5 voxels); level 1 is
+  ``1 -> F``, level 2 is ``F -> 2F``.
+* the two encodings are concatenated (``4F`` channels at ``5^3``).
+* three decoders, one per momentum component (``i, j, k``), each of two
+  levels ``(c_in -> c_out)``::
+
+      convT(c_in->c_in, stride 2) PReLU, conv3^3 PReLU drop, conv3^3 PReLU drop,
+      conv3^3(c_in->c_out) [PReLU drop, except in the last level]
+
+  level 1 is ``4F -> 2F`` (kernel 2, 5 -> 8 voxels), level 2 is ``2F -> 1``
+  (kernel 3, 8 -> 15 voxels). The outputs are concatenated to ``(N, 3, p, p, p)``.
+
+All PReLUs have a single slope. Weights are He-initialised for PReLU
+(:meth:`QuicksilverNet.reset_parameters`), unlike the original code, which
+kept torch's default; with the default the untrained net barely sees its input. Dropout (``drop``) is element-wise with
+probability ``dropout``; with ``dropout = 0`` there is none (the original
+deterministic network). Any odd patch size ``>= 5`` works (15 is the paper's).
+
+Normalisation (the same at training and prediction):
+
+* input ``x`` ``(N, 2, p, p, p)``: channel 0 the moving patch, 1 the target
+  patch, intensities as produced by the pre-processing (per image in
+  ``[0, 1]``), not rescaled here;
+* output: the momentum times ``momentum_scale`` (stored in the model file's
+  metadata; training sets it to ``1 / mean |m0|`` of the training patches),
+  so ``m0 = net(x) / momentum_scale``. Components along voxel axes ``i, j, k``.
+
+MC dropout: :func:`enable_mc_dropout` keeps dropout active in ``eval()``
+mode, so repeated forward passes sample the predictive distribution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MCDropout(nn.Dropout):
+    """Element-wise dropout that also acts in eval mode while ``mc`` is set."""
+
+    def __init__(self, p: float):
+        super().__init__(p)
+        self.mc = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.dropout(x, self.p, self.training or self.mc, self.inplace)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, mc={self.mc}"
+
+
+def _drop(p: float) -> nn.Module:
+    return MCDropout(p) if p > 0 else nn.Identity()
+
+
+def _conv(c_in: int, c_out: int) -> nn.Conv3d:
+    return nn.Conv3d(c_in, c_out, kernel_size=3, stride=1, padding=1)
+
+
+class EncoderLevel(nn.Module):
+    """Three 3^3 convolutions then a strided 2^3 convolution (halves the size, rounding up)."""
+
+    def __init__(self, c_in: int, c_out: int, dropout: float):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv(c_in, c_out), nn.PReLU(), _drop(dropout),
+            _conv(c_out, c_out), nn.PReLU(), _drop(dropout),
+            _conv(c_out, c_out), nn.PReLU(), _drop(dropout),
+            nn.Conv3d(c_out, c_out, kernel_size=2, stride=2, padding=1), nn.PReLU(),
+        )
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class DecoderLevel(nn.Module):
+    """A stride-2 transposed convolution then three 3^3 convolutions."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, output_padding: int, dropout: float, last: bool):
+        super().__init__()
+        layers = [
+            nn.ConvTranspose3d(c_in, c_in, kernel_size=kernel, stride=2, padding=1, output_padding=output_padding),
+            nn.PReLU(),
+            _conv(c_in, c_in), nn.PReLU(), _drop(dropout),
+            _conv(c_in, c_in), nn.PReLU(), _drop(dropout),
+            _conv(c_in, c_out),
+        ]
+        if not last:
+            layers += [nn.PReLU(), _drop(dropout)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def level_sizes(patch: int) -> tuple[int, int]:
+    """Spatial sizes after the first and second encoder level (15 -> 8, 5)."""
+    a = patch // 2 + 1
+    return a, a // 2 + 1
+
+
+class QuicksilverNet(nn.Module):
+    """Two encoders (moving, target), three decoders (momentum components).
+
+    ``forward(x)``: ``x`` ``(N, 2, p, p, p)`` -> scaled momentum ``(N, 3, p, p, p)``.
+    """
+
+    def __init__(self, features: int = 64, dropout: float = 0.2, patch: int = 15):
+        super().__init__()
+        if features < 1:
+            raise ValueError(f"QuicksilverNet: features must be >= 1, got {features}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"QuicksilverNet: dropout must be in [0, 1), got {dropout}")
+        if patch < 5 or patch % 2 == 0:
+            raise ValueError(f"QuicksilverNet: patch must be odd and >= 5, got {patch}")
+        self.features, self.dropout, self.patch = int(features), float(dropout), int(patch)
+        a, b = level_sizes(patch)
+        pad1 = a - (2 * b - 2)  # kernel 2: 2(b-1) - 2 + 2 (+ pad1) = a
+        f = self.features
+        self.encoder_moving = nn.Sequential(EncoderLevel(1, f, dropout), EncoderLevel(f, 2 * f, dropout))
+        self.encoder_target = nn.Sequential(EncoderLevel(1, f, dropout), EncoderLevel(f, 2 * f, dropout))
+        self.decoders = nn.ModuleList(
+            nn.Sequential(
+                DecoderLevel(4 * f, 2 * f, kernel=2, output_padding=pad1, dropout=dropout, last=False),
+                DecoderLevel(2 * f, 1, kernel=3, output_padding=0, dropout=dropout, last=True),  # 2(a-1)-2+3 = p
+            )
+            for _ in range(3)
+        )
+
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation for PReLU (slope 0.25), biases 0.
+
+        Keeps the signal variance roughly constant through the 16 layers of
+        each path; torch's default (uniform, variance 1/(3 fan_in)) shrinks it
+        about five-fold per layer, leaving the untrained net almost blind to
+        its input. For a transposed convolution the fan-in of an output voxel
+        is ``c_in k^3 / stride^3`` on average.
+        """
+        gain = math.sqrt(2.0 / (1.0 + 0.25**2))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+                k = math.prod(m.kernel_size)
+                if isinstance(m, nn.ConvTranspose3d):
+                    fan_in = m.in_channels * k / math.prod(m.stride)
+                else:
+                    fan_in = m.in_channels * k
+                nn.init.normal_(m.weight, 0.0, gain / math.sqrt(fan_in))
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch
+        if x.ndim != 5 or x.shape[1] != 2 or tuple(x.shape[2:]) != (p, p, p):
+            raise ValueError(f"QuicksilverNet: input must be (N, 2, {p}, {p}, {p}), got {tuple(x.shape)}")
+        code = torch.cat((self.encoder_moving(x[:, :1]), self.encoder_target(x[:, 1:])), dim=1)
+        return torch.cat([dec(code) for dec in self.decoders], dim=1)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def enable_mc_dropout(model: nn.Module, enabled: bool = True) -> int:
+    """Switch MC dropout on (or off) in every dropout layer; returns their number.
+
+    With MC dropout on, dropout acts even in ``eval()`` mode, so each forward
+    pass is one sample. Raises ``ValueError`` for a model without dropout
+    (trained with ``dropout = 0``): its samples would all be equal.
+    """
+    layers = [m for m in model.modules() if isinstance(m, MCDropout)]
+    if enabled and not layers:
+        raise ValueError("enable_mc_dropout: the model has no dropout layers (trained with dropout 0); "
+                         "MC-dropout sampling needs a model trained with dropout > 0")
+    for m in layers:
+        m.mc = bool(enabled)
+    return len(layers)

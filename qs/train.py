@@ -1,0 +1,295 @@
+"""Training of the Quicksilver network on patch files, resumable after a kill.
+
+:func:`train` reads the patch files of :func:`qs.patches.write_pair_patches`
+(memory-mapped, so the training set may exceed memory) and writes into
+``out_dir``:
+
+* ``checkpoint.pt``: after every epoch, atomically: weights, Adam state, the
+  torch RNG state(s), the epoch, the loss history and the settings. Read back
+  with ``torch.load(weights_only=True)`` (no arbitrary unpickling). A new call
+  with ``resume=True`` continues from it; the result is bit-identical to an
+  uninterrupted run on the same device and thread count.
+* ``loss.tsv`` (``epoch, train_l1, val_l1, seconds``) and ``loss.png``.
+* ``model.safetensors`` (:func:`qs.model_io.save_model`) at the end.
+
+Loss: mean absolute error over batch, voxels and components of the scaled
+momentum ``m0 * momentum_scale`` (``momentum_scale = 1 / mean |m0|`` over
+the training patches, stored in the model). The original code sums the L1
+over the batch; with Adam this differs only through Adam's epsilon. The
+values in ``loss.tsv`` are converted back to momentum units (mean |error|
+per voxel and component), ``train_l1`` averaged over the epoch's batches
+with dropout active, ``val_l1`` with dropout off after the epoch.
+
+Determinism: weights initialised after ``torch.manual_seed(seed)``; the
+patch order of epoch ``e`` is a permutation drawn from
+``numpy.random.default_rng([seed, e])``; dropout draws from the torch RNG
+whose state is checkpointed; ``torch.use_deterministic_algorithms`` is on
+during training. The caller's global RNG state and determinism flag are
+restored afterwards. Validation pairs are drawn with ``default_rng(seed)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .io import QsInputError, atomic_path, write_text
+from .model_io import KINDS, RUN_KEYS, save_model
+from .net import QuicksilverNet
+from .patches import PatchDataset, find_patch_files
+
+CHECKPOINT_FORMAT = "qs-checkpoint-1"
+#: metadata the caller passes to :func:`train` (LDDMM settings, grid, modality)
+TRAIN_META_KEYS = tuple(k for k in RUN_KEYS if k not in ("kind", "stride", "train_pairs", "train_patches",
+                                                          "momentum_scale"))
+
+
+def _jsonable(meta: dict) -> dict:
+    def conv(o):
+        if hasattr(o, "tolist"):
+            return o.tolist()
+        raise TypeError(f"{type(o).__name__} is not JSON serialisable")
+
+    try:
+        return json.loads(json.dumps(meta, default=conv, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"train: meta must hold JSON values: {exc}") from None
+
+
+def split_validation(ds: PatchDataset, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Train and validation patch indices, and the training files.
+
+    With two or more pairs, whole pairs are held out (``round(val_fraction *
+    pairs)``, at least 1, at most pairs - 1), so overlapping patches of one
+    pair never end up on both sides. With one pair, its patches are split.
+    """
+    n_files = len(ds.files)
+    rng = np.random.default_rng(seed)
+    ranges = [np.arange(ds.offsets[f], ds.offsets[f + 1]) for f in range(n_files)]
+    if val_fraction <= 0:
+        return np.concatenate(ranges), np.zeros(0, dtype=np.int64), list(range(n_files))
+    if n_files >= 2:
+        n_val = min(n_files - 1, max(1, round(val_fraction * n_files)))
+        val_files = sorted(int(f) for f in rng.permutation(n_files)[:n_val])
+        train_files = [f for f in range(n_files) if f not in val_files]
+        return (np.concatenate([ranges[f] for f in train_files]),
+                np.concatenate([ranges[f] for f in val_files]), train_files)
+    n = len(ds)
+    n_val = min(n - 1, max(1, round(val_fraction * n))) if n >= 2 else 0
+    perm = rng.permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val]), [0]
+
+
+def write_loss(history: list, out_dir: Path) -> None:
+    """Write ``loss.tsv`` and ``loss.png`` from the per-epoch history."""
+    lines = ["epoch\ttrain_l1\tval_l1\tseconds"]
+    lines += [f"{int(e)}\t{tr:.6g}\t{va:.6g}\t{s:.3f}" for e, tr, va, s in history]
+    write_text("\n".join(lines) + "\n", out_dir / "loss.tsv")
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    fig = Figure(figsize=(5, 3.5), dpi=100)
+    ax = fig.add_subplot()
+    if history:
+        e = [h[0] for h in history]
+        ax.plot(e, [h[1] for h in history], "o-", label="train")
+        if any(math.isfinite(h[2]) for h in history):
+            ax.plot(e, [h[2] for h in history], "s-", label="validation")
+        ax.legend()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean |m0 error| (momentum units)")
+    ax.set_title("Quicksilver training loss")
+    fig.tight_layout()
+    with atomic_path(out_dir / "loss.png") as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def load_checkpoint(path, device="cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)``; refuses anything else."""
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise QsInputError(
+            f"{path}: cannot read training checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
+            "delete it (or train with resume=False) to start over"
+        ) from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise QsInputError(f"{path}: not a qs training checkpoint")
+    return ck
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def train(
+    inputs,
+    out_dir,
+    *,
+    meta: dict,
+    kind: str = "prediction",
+    features: int = 64,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-4,
+    seed: int = 0,
+    device="cpu",
+    dropout: float = 0.2,
+    val_fraction: float = 0.1,
+    resume: bool = True,
+    progress: bool = True,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Train the network on patch files; returns the path of ``out_dir/model.safetensors``.
+
+    ``inputs``: patch files (``.npy`` with sidecar) and/or folders of them.
+    ``meta``: the settings the model is tied to, stored in the model file:
+    ``alpha, beta, gamma, time_steps, sigma`` (LDDMM), ``spacing`` (mm),
+    ``modality``; extra JSON keys are kept. ``dropout`` 0 gives the original
+    deterministic network, > 0 allows MC-dropout sampling (p = 0.2 in the
+    paper). ``on_batch(epoch, batch)`` is called after every optimiser step
+    (monitoring, tests). With ``resume``, an existing checkpoint in
+    ``out_dir`` from the same data and settings is continued up to
+    ``epochs``; one from other settings is an error.
+    """
+    out_dir = Path(out_dir)
+    missing = [k for k in TRAIN_META_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"train: meta lacks {', '.join(missing)} (the model must record its LDDMM settings)")
+    if kind not in KINDS:
+        raise ValueError(f"train: kind must be one of {KINDS}, got {kind!r}")
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"train: epochs ({epochs}), batch_size ({batch_size}) and lr ({lr}) must be positive")
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"train: val_fraction must be in [0, 1), got {val_fraction}")
+    meta = _jsonable(meta)
+    device = torch.device(device)
+
+    files = find_patch_files(inputs)
+    ds = PatchDataset(files)
+    if len(ds) == 0:
+        raise QsInputError(f"train: the {len(files)} patch files hold no patches (all background?)")
+    train_idx, val_idx, train_files = split_validation(ds, val_fraction, seed)
+    abs_mean = ds.abs_mean(train_files)
+    scale = 1.0 / abs_mean if abs_mean > 0 else 1.0
+
+    settings = {
+        "files": [[f.name, info["n_patches"]] for f, info in zip(ds.files, ds.info)],
+        "patch": ds.patch, "stride": ds.stride, "kind": kind, "features": int(features),
+        "dropout": float(dropout), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+        "val_fraction": float(val_fraction), "meta": meta,
+    }
+    settings_text = json.dumps(settings, sort_keys=True)
+    ck_path = out_dir / "checkpoint.pt"
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    det_before = torch.are_deterministic_algorithms_enabled()
+    det_warn_before = torch.is_deterministic_algorithms_warn_only_enabled()
+    bench_before = torch.backends.cudnn.benchmark
+    rng_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        with torch.random.fork_rng(devices=rng_devices):
+            torch.manual_seed(seed)
+            model = QuicksilverNet(features, dropout, ds.patch).to(device)
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            start, history = 0, []
+            if resume and ck_path.exists():
+                ck = load_checkpoint(ck_path, device)
+                if ck["settings"] != settings_text:
+                    raise QsInputError(
+                        f"{ck_path}: checkpoint was written for other data or settings; "
+                        "delete it or train with resume=False"
+                    )
+                if ck["epoch"] > epochs:
+                    raise QsInputError(f"{ck_path}: checkpoint has {ck['epoch']} epochs, more than the {epochs} asked")
+                model.load_state_dict(ck["model"])
+                opt.load_state_dict(ck["optimizer"])
+                _set_rng_state(ck["rng"], device)
+                start, history = int(ck["epoch"]), [list(h) for h in ck["history"]]
+                write_loss(history, out_dir)
+            for epoch in range(start + 1, epochs + 1):
+                history.append(_run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size,
+                                          seed, device, progress, on_batch))
+                ck = {
+                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": settings_text,
+                    "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "rng": _rng_state(device), "history": history,
+                }
+                with atomic_path(ck_path) as tmp:
+                    torch.save(ck, tmp)
+                write_loss(history, out_dir)
+    finally:
+        torch.use_deterministic_algorithms(det_before, warn_only=det_warn_before)
+        torch.backends.cudnn.benchmark = bench_before
+
+    model_meta = dict(meta)
+    model_meta.update(
+        kind=kind, stride=ds.stride, train_pairs=len(train_files), train_patches=int(len(train_idx)),
+        val_patches=int(len(val_idx)), momentum_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr,
+        seed=seed, loss="mean L1 of momentum * momentum_scale",
+        final_train_l1=history[-1][1], final_val_l1=history[-1][2] if math.isfinite(history[-1][2]) else None,
+    )
+    return save_model(model.cpu().eval(), model_meta, out_dir / "model.safetensors")
+
+
+def _run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size, seed, device, progress,
+               on_batch) -> list:
+    t0 = time.perf_counter()
+    order = train_idx[np.random.default_rng([seed, epoch]).permutation(len(train_idx))]
+    n_batches = math.ceil(len(order) / batch_size)
+    model.train()
+    total, count = 0.0, 0
+    bar = tqdm(total=n_batches, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress,
+               mininterval=0.5 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    with bar:
+        for b in range(n_batches):
+            x, y = ds.batch(order[b * batch_size : (b + 1) * batch_size])
+            x, y = x.to(device), y.to(device) * scale
+            loss = F.l1_loss(model(x), y)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"train: loss became {loss.item()} in epoch {epoch}, batch {b}; lower the learning rate")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * y.numel()
+            count += y.numel()
+            bar.update(1)
+            bar.set_postfix(l1=f"{total / count / scale:.4g}", refresh=False)
+            if on_batch is not None:
+                on_batch(epoch, b)
+    train_l1 = total / count / scale
+    val_l1 = float("nan")
+    if len(val_idx):
+        model.eval()
+        vtotal, vcount = 0.0, 0
+        with torch.no_grad():
+            for b in range(0, len(val_idx), batch_size):
+                x, y = ds.batch(val_idx[b : b + batch_size])
+                x, y = x.to(device), y.to(device) * scale
+                vtotal += (model(x) - y).abs().sum().item()
+                vcount += y.numel()
+        val_l1 = vtotal / vcount / scale
+    return [epoch, train_l1, val_l1, time.perf_counter() - t0]
