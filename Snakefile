@@ -26,6 +26,8 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/preprocess.smk"
+include: "rules/lddmm.smk"
+include: "rules/train.smk"
 
 
 rule all:

@@ -6,12 +6,17 @@ Bad input ends the program with exit status 2 and one line ``qs: error: FILE: pr
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
 
 from . import __version__
 from .io import QsInputError, write_text
+
+
+#: modules that add their own subcommands through ``add_subcommands(subparsers)``
+STAGE_MODULES: tuple[str, ...] = ()
 
 
 def _demo(args):
@@ -95,6 +100,81 @@ def _overlap(args):
     write_text(pd.DataFrame(rows, columns=OVERLAP_COLUMNS).to_csv(sep="\t", index=False, float_format="%.6f"), args.out)
 
 
+def _lddmm(args):
+    from .lddmm import run_lddmm
+
+    summary = run_lddmm(
+        args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
+        beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps, device=args.device,
+        seed=args.seed, progress=sys.stderr.isatty(),
+    )
+    print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, default=str))
+
+
+def load_momentum(path, reference, reference_path):
+    """A momentum NIfTI ``(I, J, K, 3)`` on the grid of ``reference``, as ``(3, I, J, K)`` float32."""
+    import nibabel as nib
+    import numpy as np
+
+    from .io import check_same_grid
+
+    path = Path(path)
+    if not path.is_file():
+        raise QsInputError(f"{path}: momentum file does not exist")
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[3] != 3:
+        raise QsInputError(f"{path}: momentum must be (I, J, K, 3), got shape {data.shape}")
+    if not np.isfinite(data).all():
+        raise QsInputError(f"{path}: momentum contains NaN/Inf")
+    check_same_grid(reference, nib.Nifti1Image(data[..., 0], img.affine), reference_path, path)
+    return np.moveaxis(data, -1, 0)
+
+
+def _patches(args):
+    import numpy as np
+
+    from .io import check_same_grid, load_image
+    from .patches import write_pair_patches
+
+    moving = load_image(args.moving, what="moving image")
+    target = load_image(args.target, what="target image")
+    check_same_grid(moving, target, args.moving, args.target)
+    m0 = load_momentum(args.momentum, moving, args.moving)
+    write_pair_patches(
+        np.asarray(moving.dataobj), np.asarray(target.dataobj), m0, args.out,
+        patch=args.patch, stride=args.stride, threshold=args.threshold, pair=args.pair,
+    )
+
+
+def _train(args):
+    from .device import resolve_device
+    from .train import train
+
+    meta = {
+        "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps,
+        "sigma": args.sigma, "spacing": [args.spacing] * 3, "modality": args.modality,
+    }
+    model = train(
+        args.patches, args.out, meta=meta, kind=args.kind, features=args.features, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
+        dropout=args.dropout, val_fraction=args.val_fraction, progress=sys.stderr.isatty(),
+    )
+    print(model)
+
+
+def _add_lddmm_params(p):
+    from .lddmm import DEFAULTS
+
+    p.add_argument("--alpha", type=float, default=DEFAULTS["alpha"], help="kernel (-alpha Lap - beta grad div + gamma)^2")
+    p.add_argument("--beta", type=float, default=DEFAULTS["beta"])
+    p.add_argument("--gamma", type=float, default=DEFAULTS["gamma"])
+    p.add_argument("--sigma", type=float, default=0.2, help="noise level of the image match (images in [0, 1])")
+    p.add_argument("--time-steps", type=int, default=10, help="RK4 steps of geodesic shooting")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qs", description="Quicksilver: fast predictive LDDMM registration for cohort studies")
     parser.add_argument("--version", action="version", version=f"qs {__version__}")
@@ -167,6 +247,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", action="append", required=True, metavar="NAME=LABELS", help="a method and its warped labels (repeatable)")
     p.add_argument("--out", required=True, type=Path, help="TSV: pair, method, label, target_overlap, dice")
     p.set_defaults(func=_overlap)
+
+    p = sub.add_parser("lddmm", help="LDDMM optimization of MOVING to TARGET (both on the working grid)")
+    p.add_argument("--moving", required=True, type=Path)
+    p.add_argument("--target", required=True, type=Path)
+    p.add_argument("--labels", type=Path, help="moving label image, warped with nearest neighbour")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    _add_lddmm_params(p)
+    p.set_defaults(func=_lddmm)
+
+    p = sub.add_parser("patches", help="training patches (moving, target, momentum) of one pair")
+    p.add_argument("--moving", required=True, type=Path)
+    p.add_argument("--target", required=True, type=Path)
+    p.add_argument("--momentum", required=True, type=Path, help="m0.nii.gz (I, J, K, 3) on the same grid")
+    p.add_argument("--out", required=True, type=Path, help="output .npy (a .json sidecar is written beside it)")
+    p.add_argument("--pair", help="pair id recorded in the sidecar")
+    p.add_argument("--patch", type=int, default=15)
+    p.add_argument("--stride", type=int, default=14)
+    p.add_argument("--threshold", type=float, default=0.0, help="a patch is background when all voxels are <= this in both images")
+    p.set_defaults(func=_patches)
+
+    p = sub.add_parser("train", help="train the prediction or correction network on patch files")
+    p.add_argument("patches", nargs="+", type=Path, help="patch .npy files or folders of them")
+    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, loss.tsv, loss.png, model.safetensors)")
+    p.add_argument("--kind", default="prediction", choices=["prediction", "correction"])
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--dropout", type=float, default=0.2, help="0 = deterministic network (no MC dropout)")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--spacing", type=float, required=True, help="working spacing in mm (recorded in the model)")
+    p.add_argument("--modality", default="T1->T1", help="moving->target contrasts, e.g. T1->T2 (recorded in the model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    _add_lddmm_params(p)
+    p.set_defaults(func=_train)
+
+    for module in STAGE_MODULES:
+        importlib.import_module(f"qs.{module}").add_subcommands(sub)
     return parser
 
 

@@ -104,10 +104,77 @@ def preprocessed(subject, kind):
     return f"{R}/preprocessed/{subject}/{subject}_{kind}"
 
 
+PAIRS = list(pairs.index)
+TRAIN_PAIRS = list(pairs.index[pairs["split"] == "train"])
+TEST_PAIRS = list(pairs.index[pairs["split"] == "test"])
+CONTRAST = {"T1": "T1w", "T2": "T2w"}
+
+
+def image_of(subject, contrast="T1w"):
+    """A subject's (or the atlas') image on the working grid."""
+    if subject == "atlas":
+        return f"{R}/atlas/atlas_{contrast}.nii.gz"
+    return preprocessed(subject, f"{contrast}.nii.gz")
+
+
+def labels_of(subject):
+    """A subject's (or the atlas') label image on the working grid."""
+    return f"{R}/atlas/atlas_labels.nii.gz" if subject == "atlas" else preprocessed(subject, "labels.nii.gz")
+
+
+def pair_image(role, contrast="T1w"):
+    """Input function: the ``role`` (moving/target) image of ``{pair}``."""
+    return lambda w: image_of(pairs.loc[w.pair, role], contrast)
+
+
+def pair_labels(role):
+    """Input function: the ``role`` labels of ``{pair}``; [] when the cohort has none."""
+    return lambda w: [labels_of(pairs.loc[w.pair, role])] if HAS_LABELS else []
+
+
+def labels_flag(role, flag="--labels"):
+    """Params function: ``--labels PATH`` for the ``role`` labels of ``{pair}``, or ''."""
+    return lambda w, input: f"{flag} {input.labels[0]}" if input.labels else ""
+
+
+def lddmm_args():
+    """The LDDMM kernel and shooting settings as command-line flags (one source: config)."""
+    c = config["lddmm"]
+    return f"--alpha {c['alpha']} --beta {c['beta']} --gamma {c['gamma']} --sigma {c['sigma']} --time-steps {c['time_steps']}"
+
+
+def train_args(kind):
+    """Flags of ``qs train`` for the ``kind`` network, all from config."""
+    t = config["train"]
+    modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"
+    return (
+        f"--features {t['features']} --epochs {t['epochs']} --batch-size {t['batch_size']} --lr {t['lr']} "
+        f"--dropout {t['dropout']} --val-fraction {t['val_fraction']} --device {t['device']} --seed {config['seed']} "
+        f"--spacing {config['grid']['spacing']} --modality {modality} {lddmm_args()}"
+    )
+
+
+def registration_outputs(folder):
+    """Named outputs shared by LDDMM and the predicted registrations of ``{pair}``."""
+    out = {
+        "m0": f"{folder}/{{pair}}/m0.nii.gz",
+        "warp": f"{folder}/{{pair}}/warp.nii.gz",
+        "warped": f"{folder}/{{pair}}/warped.nii.gz",
+        "summary": f"{folder}/{{pair}}/summary.json",
+    }
+    if HAS_LABELS:
+        out["warped_labels"] = f"{folder}/{{pair}}/warped_labels.nii.gz"
+    return out
+
+
 def get_final_output():
     """Targets of the default target: everything the implemented stages produce."""
     out = [f"{R}/cohort/subjects.tsv", f"{R}/cohort/pairs.tsv"]
     out += [preprocessed(s, "T1w.nii.gz") for s in SUBJECTS]
+    out += [f"{R}/lddmm/{p}/summary.json" for p in PAIRS]
+    out += [f"{R}/models/prediction/model.safetensors"]
+    if config["train"]["correction"]:
+        out += [f"{R}/models/correction/model.safetensors"]
     return out
 
 

@@ -1,0 +1,100 @@
+"""Training: patches from the LDDMM momenta, the prediction network, then the correction network."""
+
+
+rule patches:
+    input:
+        moving=pair_image("moving"),
+        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        momentum=f"{R}/lddmm/{{pair}}/m0.nii.gz",
+    output:
+        npy=f"{R}/patches/prediction/{{pair}}.npy",
+        sidecar=f"{R}/patches/prediction/{{pair}}.json",
+    params:
+        patch=config["train"]["patch"],
+        stride=config["train"]["stride"],
+        threshold=config["train"]["background_threshold"],
+    log:
+        f"{LOGS}/patches/{{pair}}.log",
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "qs patches --moving {input.moving} --target {input.target} --momentum {input.momentum} "
+        "--pair {wildcards.pair} --patch {params.patch} --stride {params.stride} "
+        "--threshold {params.threshold} --out {output.npy} > {log} 2>&1"
+
+
+rule train_prediction:
+    input:
+        patches=expand(f"{R}/patches/prediction/{{pair}}.npy", pair=TRAIN_PAIRS),
+    output:
+        model=f"{R}/models/prediction/model.safetensors",
+        loss=f"{R}/models/prediction/loss.tsv",
+        plot=report(f"{R}/models/prediction/loss.png", caption="../report/loss.rst", category="Training", labels={"model": "prediction"}),
+    params:
+        args=train_args("prediction"),
+        out=lambda w, output: os.path.dirname(output.model),
+    log:
+        f"{LOGS}/train/prediction.log",
+    benchmark:
+        f"{BENCH}/train/prediction.tsv"
+    threads: resources_of("train")["threads"]
+    resources:
+        mem_mb=resources_of("train")["mem_mb"],
+        runtime=resources_of("train")["runtime"],
+        gpu=resources_of("train")["gpu"],
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} qs train {input.patches} --kind prediction {params.args} --out {params.out} > {log} 2>&1"
+
+
+rule correction_patches:
+    input:
+        model=f"{R}/models/prediction/model.safetensors",
+        moving=pair_image("moving"),
+        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        momentum=f"{R}/lddmm/{{pair}}/m0.nii.gz",
+    output:
+        npy=f"{R}/patches/correction/{{pair}}.npy",
+        sidecar=f"{R}/patches/correction/{{pair}}.json",
+    params:
+        patch=config["train"]["patch"],
+        stride=config["train"]["stride"],
+        threshold=config["train"]["background_threshold"],
+        device=config["train"]["device"],
+    log:
+        f"{LOGS}/patches_correction/{{pair}}.log",
+    threads: resources_of("train")["threads"]
+    resources:
+        gpu=resources_of("train")["gpu"],
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model} --moving {input.moving} "
+        "--target {input.target} --momentum {input.momentum} --pair {wildcards.pair} --patch {params.patch} "
+        "--stride {params.stride} --threshold {params.threshold} --device {params.device} --out {output.npy} > {log} 2>&1"
+
+
+rule train_correction:
+    input:
+        patches=expand(f"{R}/patches/correction/{{pair}}.npy", pair=TRAIN_PAIRS),
+    output:
+        model=f"{R}/models/correction/model.safetensors",
+        loss=f"{R}/models/correction/loss.tsv",
+        plot=report(f"{R}/models/correction/loss.png", caption="../report/loss.rst", category="Training", labels={"model": "correction"}),
+    params:
+        args=train_args("correction"),
+        out=lambda w, output: os.path.dirname(output.model),
+    log:
+        f"{LOGS}/train/correction.log",
+    benchmark:
+        f"{BENCH}/train/correction.tsv"
+    threads: resources_of("train")["threads"]
+    resources:
+        mem_mb=resources_of("train")["mem_mb"],
+        runtime=resources_of("train")["runtime"],
+        gpu=resources_of("train")["gpu"],
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} qs train {input.patches} --kind correction {params.args} --out {params.out} > {log} 2>&1"
