@@ -78,3 +78,12 @@ def overlap_rows(pair: str, method: str, warped: np.ndarray, target: np.ndarray)
     sizes = sum(v["target_voxels"] + v["source_voxels"] for v in ov.values())
     rows.append({"pair": pair, "method": method, "label": "all", "target_overlap": total_target_overlap(ov), "dice": 2 * inter / sizes if sizes else float("nan")})
     return rows
+
+
+def detj_summary(detj: np.ndarray) -> dict:
+    """Summary of a Jacobian-determinant map: ``detj_min``, ``detj_max``,
+    ``detj_pos`` (det J > 0 at every voxel: no folding) and ``detj_nonpos_voxels``."""
+    detj = np.asarray(detj, np.float64)
+    nonpos = int(np.count_nonzero(~(detj > 0)))  # NaN counts as not positive
+    return {"detj_min": float(np.nanmin(detj)), "detj_max": float(np.nanmax(detj)),
+            "detj_pos": nonpos == 0, "detj_nonpos_voxels": nonpos}

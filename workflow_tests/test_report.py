@@ -1,0 +1,279 @@
+"""Evaluation against LDDMM and the report, on a tiny synthetic results tree with known answers.
+
+Two test pairs on a 16 x 18 x 14 grid (1.5 mm, shifted origin). LDDMM's
+displacement is the constant (0, 1.2, 1.6) mm, so ``affine`` (zero
+displacement) is 2.0 mm off everywhere. ``predict`` is 0.5 mm off in pair 1
+and 1.5 mm off in pair 2 (equal brain masks), so its pooled percentiles are
+0.5 up to p25, 1.0 at p50 and 1.5 from p75 on; ``predict+correct`` is 0.25
+mm off everywhere. ``predict-mc`` folds (det J < 0) in pair 1 only.
+"""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from qs import cli
+from qs.evaluate import OVERLAP_COLUMNS, detj_summary
+from qs.io import QsInputError, save_array, write_text
+from qs.report import (
+    DEFORMATION_COLUMNS,
+    PAPER_DEFORMATION_ERROR,
+    build_report,
+    evaluate_pair,
+    method_folder,
+    method_name,
+)
+from qs.transforms import write_ants_displacement
+
+SHAPE = (16, 18, 14)
+H = 1.5
+AFFINE = np.diag([H, H, H, 1.0])
+AFFINE[:3, 3] = (-12.0, -14.0, 3.0)
+PAIRS = ("sub-01_to_sub-02", "sub-03_to_sub-04")
+LDDMM = np.array([0.0, 1.2, 1.6])  # |d| = 2.0 mm
+OFFSET = {  # method -> per pair: constant offset from LDDMM (mm), or "fold"
+    "predict": [(0.5, 0, 0), (1.5, 0, 0)],
+    "predict+correct": [(0, 0, 0.25), (0, 0, 0.25)],
+    "predict-mc": ["fold", (0.1, 0, 0)],
+}
+SECONDS = {"lddmm": 100.0, "syn": 30.0, "predict": 2.0, "predict+correct": 4.0, "predict-mc": 20.0}
+
+
+def _const(v):
+    return np.broadcast_to(np.asarray(v, np.float64)[:, None, None, None], (3, *SHAPE)).copy()
+
+
+def _fold():
+    """A field whose map folds: d phi_0 / d x_0 = 1 - 1.53 at the middle of axis 0."""
+    i = np.arange(SHAPE[0], dtype=np.float64)
+    d = _const(LDDMM)
+    d[0] += -6.0 * np.sin(2 * np.pi * (i - 8) / 16)[:, None, None]
+    return d
+
+
+def _labels(shift=0):
+    lab = np.zeros(SHAPE, np.int32)
+    lab[3:8, 3:15, 3:11] = 1001
+    lab[8:13, 3:15, 3:7] = 2035
+    lab[8:13, 3:15, 7:11] = 41000
+    return np.roll(lab, shift, axis=0)
+
+
+def _image(shift=0):
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
+    img = np.exp(-3 * (g**2).sum(0)) * (1 + 0.3 * np.sin(6 * g[1]))
+    return np.roll(img, shift, axis=0).astype(np.float32)
+
+
+def _method_dir(root, pair, m, disp, labels_shift, summary):
+    d = root / ("lddmm" if m == "lddmm" else "syn" if m == "syn" else f"predict/{method_folder(m)}") / pair
+    d.mkdir(parents=True)
+    if disp is not None:
+        write_ants_displacement(disp, AFFINE, d / "warp.nii.gz")
+    save_array(_labels(labels_shift), AFFINE, d / "warped_labels.nii.gz")
+    write_text(json.dumps(summary), d / "summary.json")
+    return d
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """The results tree, the per-pair evaluations and the report."""
+    root = tmp_path_factory.mktemp("results")
+    save_array(_labels(), AFFINE, root / "pre/target_labels.nii.gz")
+    save_array(_labels(3), AFFINE, root / "pre/moving_labels.nii.gz")
+    save_array(_image(), AFFINE, root / "pre/target_T1w.nii.gz")
+    save_array(_image(1), AFFINE, root / "pre/moving_T1w.nii.gz")
+    pair_dirs, method_dirs = [], {}
+    for p, pair in enumerate(PAIRS):
+        lddmm = _method_dir(root, pair, "lddmm", _const(LDDMM), 0, {"seconds": SECONDS["lddmm"], "device": "cpu", "detj_min": 1.0})
+        dirs = {"syn": _method_dir(root, pair, "syn", None, 2, {"method": "syn", "seconds": SECONDS["syn"]})}
+        for m, offsets in OFFSET.items():
+            disp = _fold() if offsets[p] == "fold" else _const(LDDMM + np.asarray(offsets[p]))
+            # the summary's det J is wrong on purpose: evaluate_pair must compute its own
+            summary = {"device": "cuda:0", "detj_min": 0.9, "detj_max": 1.1}
+            summary["time" if m == "predict+correct" else "seconds"] = SECONDS[m]  # tolerant of the key
+            dirs[method_folder(m)] = _method_dir(root, pair, m, disp, 1 if m == "predict" else 0, summary)
+        save_array(np.ones(SHAPE, np.float32), AFFINE, dirs["predict-mc"] / "uncertainty.nii.gz")
+        out = root / "evaluation" / pair
+        evaluate_pair(pair, out, lddmm_dir=lddmm, method_dirs=dirs, target_labels=root / "pre/target_labels.nii.gz",
+                      moving_labels=root / "pre/moving_labels.nii.gz")
+        pair_dirs.append(out)
+        method_dirs[pair] = (lddmm, dirs)
+    for kind in ("prediction", "correction"):
+        write_text("epoch\ttrain_l1\tval_l1\tseconds\n1\t0.9\t1.0\t3.0\n2\t0.5\t0.6\t3.1\n3\t0.3\t0.45\t3.0\n",
+                   root / f"models/{kind}/loss.tsv")
+    example = {"target": root / "pre/target_T1w.nii.gz", "moving": root / "pre/moving_T1w.nii.gz",
+               "warp": method_dirs[PAIRS[1]][1]["predict-mc"] / "warp.nii.gz",
+               "uncertainty": method_dirs[PAIRS[1]][1]["predict-mc"] / "uncertainty.nii.gz", "pair": PAIRS[1]}
+    report = build_report(pair_dirs, root / "report",
+                          loss_tsvs={k: root / f"models/{k}/loss.tsv" for k in ("prediction", "correction")},
+                          example=example, provenance={"config": "tiny.yaml", "qs": "0.1.0"})
+    return {"root": root, "pairs": pair_dirs, "dirs": method_dirs, "report": report, "example": example}
+
+
+def _tsv(path):
+    return pd.read_csv(path, sep="\t", dtype={"label": str, "pair": str})
+
+
+def test_contract_columns_exactly(tree):
+    rep = tree["root"] / "report"
+    assert list(_tsv(rep / "deformation_error.tsv").columns) == DEFORMATION_COLUMNS
+    assert DEFORMATION_COLUMNS == ["method", "p0.3", "p5", "p25", "p50", "p75", "p95", "p99.7", "detj_pos_pct"]
+    assert list(_tsv(rep / "target_overlap.tsv").columns) == OVERLAP_COLUMNS == ["pair", "method", "label", "target_overlap", "dice"]
+    assert list(_tsv(rep / "timing.tsv").columns) == ["pair", "method", "seconds", "device"]
+
+
+def test_percentiles_have_the_known_values(tree):
+    df = _tsv(tree["root"] / "report/deformation_error.tsv").set_index("method")
+    assert list(df.index) == ["affine", "predict", "predict+correct", "predict-mc"]
+    pcols = DEFORMATION_COLUMNS[1:-1]
+    assert np.allclose(df.loc["affine", pcols].to_numpy(float), 2.0, atol=1e-5)
+    assert np.allclose(df.loc["predict+correct", pcols].to_numpy(float), 0.25, atol=1e-5)
+    expect = {"p0.3": 0.5, "p5": 0.5, "p25": 0.5, "p50": 1.0, "p75": 1.5, "p95": 1.5, "p99.7": 1.5}
+    assert df.loc["predict", pcols].to_dict() == pytest.approx(expect, abs=1e-5)
+    # per-pair error samples: float32, one value per target brain voxel
+    with np.load(tree["pairs"][0] / "deformation_error.npz") as z:
+        assert set(z.files) == {"affine", "predict", "predict+correct", "predict-mc"}
+        assert z["predict"].dtype == np.float32 and z["predict"].size == int((_labels() > 0).sum())
+        assert np.allclose(z["predict"], 0.5, atol=1e-5)
+
+
+def test_detj_detects_folding(tree):
+    d1 = _tsv(tree["pairs"][0] / "detj.tsv").set_index("method")
+    d2 = _tsv(tree["pairs"][1] / "detj.tsv").set_index("method")
+    assert list(d1.index) == ["lddmm", "predict", "predict+correct", "predict-mc"]
+    assert not d1.loc["predict-mc", "detj_pos"] and d1.loc["predict-mc", "detj_min"] < 0  # summary said 0.9
+    assert d1.loc["predict-mc", "detj_nonpos_voxels"] > 0
+    assert d2.loc["predict-mc", "detj_pos"] and d1.loc["lddmm", "detj_pos"] and d1.loc["predict", "detj_pos"]
+    assert d1.loc["predict", "detj_min"] == pytest.approx(1.0, abs=1e-5)
+    df = _tsv(tree["root"] / "report/deformation_error.tsv").set_index("method")
+    assert df.loc["predict-mc", "detj_pos_pct"] == pytest.approx(50.0)
+    assert df.loc["predict", "detj_pos_pct"] == pytest.approx(100.0)
+    assert np.isnan(df.loc["affine", "detj_pos_pct"])  # n/a, as in the paper
+    assert len(_tsv(tree["root"] / "report/detj.tsv")) == 8
+
+
+def test_detj_summary_counts_nonpositive_voxels():
+    s = detj_summary(np.array([[[1.0, 0.0], [-0.5, 2.0]]]))
+    assert s == {"detj_min": -0.5, "detj_max": 2.0, "detj_pos": False, "detj_nonpos_voxels": 2}
+
+
+def test_overlap_rows_for_every_method(tree):
+    df = _tsv(tree["root"] / "report/target_overlap.tsv")
+    methods = ["affine", "lddmm", "syn", "predict", "predict+correct", "predict-mc"]
+    for pair in PAIRS:
+        sub = df[df.pair == pair]
+        assert sorted(sub.method.unique()) == sorted(methods)
+        for m in methods:
+            assert sorted(sub[sub.method == m].label) == ["1001", "2035", "41000", "all"]
+    total = df[(df.label == "all") & (df.pair == PAIRS[0])].set_index("method")["target_overlap"]
+    assert total["lddmm"] == 1.0 and total["predict+correct"] == 1.0
+    assert total["affine"] < total["syn"] < total["predict"] < 1.0  # shifted by 3, 2, 1 voxels
+
+
+def test_timing_rows(tree):
+    df = _tsv(tree["root"] / "report/timing.tsv")
+    assert len(df) == 2 * 5 and set(df.pair) == set(PAIRS)
+    t = df[df.pair == PAIRS[0]].set_index("method")
+    assert t["seconds"].to_dict() == pytest.approx(SECONDS)
+    assert t.loc["syn", "device"] == "cpu" and t.loc["predict", "device"] == "cuda:0"
+
+
+def test_figures_written_and_not_blank(tree):
+    for name in ("target_overlap", "deformation_error", "example_pair", "loss"):
+        path = tree["root"] / f"report/{name}.png"
+        assert path.stat().st_size > 10_000, name
+        img = imread(path)
+        assert img.shape[0] > 200 and img.shape[1] > 400 and img[..., :3].std() > 0.05, name
+
+
+def test_summary_has_our_table_and_the_papers(tree):
+    text = (tree["root"] / "report/summary.md").read_text()
+    assert "| method | p0.3 | p5 | p25 | p50 | p75 | p95 | p99.7 | detj_pos_pct |" in text
+    assert "| predict | 0.5000 | 0.5000 | 0.5000 | 1.0000 | 1.5000 | 1.5000 | 1.5000 | 100 |" in text
+    assert "| predict-mc |" in text and "| affine | 2.0000 |" in text
+    for row in PAPER_DEFORMATION_ERROR["method"]:
+        assert f"| {row} |" in text
+    assert "| D, momentum, stride 14 + correction | 0.0104 |" in text
+    assert "LPBA40" in text and "0.702" in text and "OASIS" in text
+    assert "50.0x faster than LDDMM" in text  # median 100 s / 2 s
+    assert "- config: tiny.yaml" in text
+
+
+def test_outputs_are_atomic(tree):
+    for folder in [tree["root"] / "report", *tree["pairs"]]:
+        assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
+    assert sorted(p.name for p in tree["pairs"][0].iterdir()) == ["deformation_error.npz", "detj.tsv", "overlap.tsv", "timing.tsv"]
+
+
+def test_method_names():
+    assert method_name("predict-correct") == "predict+correct" and method_folder("predict+correct") == "predict-correct"
+    assert method_name("syn") == "syn" == method_folder("syn")
+
+
+def test_cli_evaluate_pair_and_report(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(cli, "STAGE_MODULES", ("report",))
+    root, pair = tree["root"], PAIRS[0]
+    lddmm, dirs = tree["dirs"][pair]
+    args = ["evaluate-pair", "--pair", pair, "--lddmm", str(lddmm), "--out", str(tmp_path / "ev"),
+            "--target-labels", str(root / "pre/target_labels.nii.gz"), "--moving-labels", str(root / "pre/moving_labels.nii.gz")]
+    args += [x for m, d in dirs.items() for x in ("--method", f"{m}={d}")]
+    assert cli.main(args) == 0
+    a = _tsv(tmp_path / "ev/overlap.tsv")
+    b = _tsv(tree["pairs"][0] / "overlap.tsv")
+    pd.testing.assert_frame_equal(a, b)
+    ex = tree["example"]
+    args = ["report", str(tmp_path / "ev"), str(tree["pairs"][1]), "--out", str(tmp_path / "rep"), "--no-paper-table",
+            "--loss", f"prediction={root / 'models/prediction/loss.tsv'}", "--provenance", "seed=0",
+            "--example", f"target={ex['target']}", "--example", f"warp={ex['warp']}",
+            "--example", f"warped={dirs['predict-mc'] / 'warp.nii.gz'}"]
+    # a displacement field is not a 3D image: refused with the file named, nothing written
+    assert cli.main(args) == 2
+    assert not (tmp_path / "rep/summary.md").exists()
+    args[-1] = f"moving={ex['moving']}"
+    assert cli.main(args) == 0
+    text = (tmp_path / "rep/summary.md").read_text()
+    assert "D, momentum, stride 14 + correction" not in text and "- seed: 0" in text
+    pd.testing.assert_frame_equal(_tsv(tmp_path / "rep/deformation_error.tsv"), _tsv(root / "report/deformation_error.tsv"))
+
+
+def test_bad_input_is_refused(tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "STAGE_MODULES", ("report",))
+    root, pair = tree["root"], PAIRS[0]
+    lddmm, dirs = tree["dirs"][pair]
+    assert cli.main(["evaluate-pair", "--pair", pair, "--lddmm", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),
+                     "--target-labels", str(root / "pre/target_labels.nii.gz")]) == 2
+    assert "warp.nii.gz" in capsys.readouterr().err and not (tmp_path / "o").exists()
+    assert cli.main(["evaluate-pair", "--pair", pair, "--lddmm", str(lddmm), "--out", str(tmp_path / "o"),
+                     "--method", f"predict{dirs['predict']}"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err
+    other = np.diag([2.0, 2.0, 2.0, 1.0])
+    save_array(_labels(), other, tmp_path / "bad_labels.nii.gz")
+    with pytest.raises(QsInputError, match="bad_labels"):
+        evaluate_pair(pair, tmp_path / "o", lddmm_dir=lddmm, method_dirs={}, target_labels=tmp_path / "bad_labels.nii.gz")
+    with pytest.raises(QsInputError, match="target labels or a brain mask"):
+        evaluate_pair(pair, tmp_path / "o", lddmm_dir=lddmm, method_dirs={})
+    assert cli.main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]) == 2
+    assert "deformation_error.npz" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "r").exists()
+
+
+def test_cohort_without_labels(tree, tmp_path):
+    """No labels: the error is measured in the given mask, overlap is empty, every figure is still written."""
+    lddmm, dirs = tree["dirs"][PAIRS[0]]
+    mask = np.zeros(SHAPE, np.float32)
+    mask[2:6] = 1
+    save_array(mask, AFFINE, tmp_path / "mask.nii.gz")
+    evaluate_pair("p", tmp_path / "ev", lddmm_dir=lddmm, method_dirs={"predict": dirs["predict"]}, mask=tmp_path / "mask.nii.gz")
+    with np.load(tmp_path / "ev/deformation_error.npz") as z:
+        assert z["predict"].size == mask.sum() and np.allclose(z["affine"], 2.0, atol=1e-5)
+    assert len(_tsv(tmp_path / "ev/overlap.tsv")) == 0
+    build_report([tmp_path / "ev"], tmp_path / "rep", loss_tsvs={}, example=None)
+    assert len(_tsv(tmp_path / "rep/target_overlap.tsv")) == 0
+    assert "No labels" in (tmp_path / "rep/summary.md").read_text()
+    for name in ("target_overlap", "deformation_error", "example_pair", "loss"):
+        assert (tmp_path / f"rep/{name}.png").stat().st_size > 2000
