@@ -28,6 +28,9 @@ include: "rules/data.smk"
 include: "rules/preprocess.smk"
 include: "rules/lddmm.smk"
 include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
 
 
 rule all:

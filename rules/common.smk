@@ -167,15 +167,65 @@ def registration_outputs(folder):
     return out
 
 
+def predicted_methods():
+    """Folder names of the predicted methods this config runs, in report order."""
+    methods = ["predict"]
+    if config["train"]["correction"]:
+        methods.append("predict-correct")
+    if config["predict"]["samples"] > 1 and config["train"]["dropout"] > 0:
+        methods.append("predict-mc")
+    return methods
+
+
+def evaluation_inputs(w):
+    """Everything ``qs evaluate-pair`` reads for one test pair, by method folder."""
+    out = {"lddmm": f"{R}/lddmm/{w.pair}/warp.nii.gz", "mask": f"{R}/atlas/atlas_mask.nii.gz"}
+    for m in predicted_methods():
+        out[m] = f"{R}/predict/{m}/{w.pair}/warp.nii.gz"
+    if config["evaluate"]["syn"]:
+        out["syn"] = f"{R}/syn/{w.pair}/summary.json"
+    if HAS_LABELS:
+        out["target_labels"] = labels_of(pairs.loc[w.pair, "target"])
+        out["moving_labels"] = labels_of(pairs.loc[w.pair, "moving"])
+    return out
+
+
+def evaluation_args(w, input):
+    """Flags of ``qs evaluate-pair`` built from its inputs."""
+    methods = [m for m in ("syn", *predicted_methods()) if m in input.keys()]
+    flags = [f"--method {m}={os.path.dirname(input[m])}" for m in methods]
+    for key in ("target_labels", "moving_labels"):
+        if key in input.keys():
+            flags.append(f"--{key.replace('_', '-')} {input[key]}")
+    return " ".join(flags)
+
+
+def report_example():
+    """The example pair of the report: the first test pair, with MC uncertainty when run."""
+    pair = TEST_PAIRS[0]
+    method = "predict-mc" if "predict-mc" in predicted_methods() else predicted_methods()[-1]
+    out = {
+        "pair": pair,
+        "target": image_of(pairs.loc[pair, "target"]),
+        "moving": image_of(pairs.loc[pair, "moving"]),
+        "warp": f"{R}/predict/{method}/{pair}/warp.nii.gz",
+        "warped": f"{R}/predict/{method}/{pair}/warped.nii.gz",
+    }
+    if method == "predict-mc":
+        out["uncertainty"] = f"{R}/predict/predict-mc/{pair}/uncertainty.nii.gz"
+    return out
+
+
 def get_final_output():
     """Targets of the default target: everything the implemented stages produce."""
     out = [f"{R}/cohort/subjects.tsv", f"{R}/cohort/pairs.tsv"]
     out += [preprocessed(s, "T1w.nii.gz") for s in SUBJECTS]
     out += [f"{R}/lddmm/{p}/summary.json" for p in PAIRS]
-    out += [f"{R}/models/prediction/model.safetensors"]
-    if config["train"]["correction"]:
-        out += [f"{R}/models/correction/model.safetensors"]
+    out += [f"{R}/report/{name}" for name in REPORT_FILES]
     return out
+
+
+REPORT_FILES = ["deformation_error.tsv", "target_overlap.tsv", "timing.tsv", "summary.md"]
 
 
 def preprocess_outputs():

@@ -29,7 +29,7 @@ rule train_prediction:
     output:
         model=f"{R}/models/prediction/model.safetensors",
         loss=f"{R}/models/prediction/loss.tsv",
-        plot=report(f"{R}/models/prediction/loss.png", caption="../report/loss.rst", category="Training", labels={"model": "prediction"}),
+        plot=report(f"{R}/models/prediction/loss.png", caption="../report/training_loss.rst", category="Training", labels={"model": "prediction"}),
     params:
         args=train_args("prediction"),
         out=lambda w, output: os.path.dirname(output.model),
@@ -81,7 +81,7 @@ rule train_correction:
     output:
         model=f"{R}/models/correction/model.safetensors",
         loss=f"{R}/models/correction/loss.tsv",
-        plot=report(f"{R}/models/correction/loss.png", caption="../report/loss.rst", category="Training", labels={"model": "correction"}),
+        plot=report(f"{R}/models/correction/loss.png", caption="../report/training_loss.rst", category="Training", labels={"model": "correction"}),
     params:
         args=train_args("correction"),
         out=lambda w, output: os.path.dirname(output.model),

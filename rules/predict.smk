@@ -1,0 +1,69 @@
+"""Prediction on the test pairs: predict, predict + correct, and MC-dropout uncertainty."""
+
+
+rule predict:
+    input:
+        model=f"{R}/models/prediction/model.safetensors",
+        correction=lambda w: [f"{R}/models/correction/model.safetensors"] if w.method == "predict-correct" else [],
+        moving=pair_image("moving"),
+        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        labels=pair_labels("moving"),
+    output:
+        **registration_outputs(f"{R}/predict/{{method}}"),
+    wildcard_constraints:
+        method="predict|predict-correct",
+    params:
+        labels=labels_flag("moving"),
+        correct=lambda w, input: f"--correct {input.correction[0]}" if input.correction else "",
+        batch_size=config["predict"]["batch_size"],
+        device=config["predict"]["device"],
+        seed=config["seed"],
+        out=lambda w, output: os.path.dirname(output.m0),
+    log:
+        f"{LOGS}/predict/{{method}}/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/predict/{{method}}/{{pair}}.tsv"
+    threads: resources_of("predict")["threads"]
+    resources:
+        mem_mb=resources_of("predict")["mem_mb"],
+        runtime=resources_of("predict")["runtime"],
+        gpu=resources_of("predict")["gpu"],
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} qs predict --model {input.model} {params.correct} --moving {input.moving} "
+        "--target {input.target} {params.labels} --batch-size {params.batch_size} --device {params.device} "
+        "--seed {params.seed} --out {params.out} > {log} 2>&1"
+
+
+rule predict_mc:
+    input:
+        model=f"{R}/models/prediction/model.safetensors",
+        moving=pair_image("moving"),
+        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        labels=pair_labels("moving"),
+    output:
+        **registration_outputs(f"{R}/predict/predict-mc"),
+        uncertainty=f"{R}/predict/predict-mc/{{pair}}/uncertainty.nii.gz",
+    params:
+        labels=labels_flag("moving"),
+        samples=config["predict"]["samples"],
+        batch_size=config["predict"]["batch_size"],
+        device=config["predict"]["device"],
+        seed=config["seed"],
+        out=lambda w, output: os.path.dirname(output.m0),
+    log:
+        f"{LOGS}/predict/predict-mc/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/predict/predict-mc/{{pair}}.tsv"
+    threads: resources_of("predict")["threads"]
+    resources:
+        mem_mb=resources_of("predict")["mem_mb"],
+        runtime=resources_of("predict")["runtime"],
+        gpu=resources_of("predict")["gpu"],
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "OMP_NUM_THREADS={threads} qs predict --model {input.model} --samples {params.samples} "
+        "--moving {input.moving} --target {input.target} {params.labels} --batch-size {params.batch_size} "
+        "--device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
