@@ -16,7 +16,7 @@ from .io import QsInputError, write_text
 
 
 #: modules that add their own subcommands through ``add_subcommands(subparsers)``
-STAGE_MODULES: tuple[str, ...] = ("report",)
+STAGE_MODULES: tuple[str, ...] = ("predict", "register", "report")
 
 
 def _demo(args):

@@ -16,6 +16,7 @@ rule predict:
         labels=labels_flag("moving"),
         correct=lambda w, input: f"--correct {input.correction[0]}" if input.correction else "",
         batch_size=config["predict"]["batch_size"],
+        lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
@@ -32,8 +33,8 @@ rule predict:
         "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model} {params.correct} --moving {input.moving} "
-        "--target {input.target} {params.labels} --batch-size {params.batch_size} --device {params.device} "
-        "--seed {params.seed} --out {params.out} > {log} 2>&1"
+        "--target {input.target} {params.labels} --batch-size {params.batch_size} {params.lddmm} "
+        "--device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
 
 
 rule predict_mc:
@@ -49,6 +50,7 @@ rule predict_mc:
         labels=labels_flag("moving"),
         samples=config["predict"]["samples"],
         batch_size=config["predict"]["batch_size"],
+        lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
@@ -66,4 +68,4 @@ rule predict_mc:
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model} --samples {params.samples} "
         "--moving {input.moving} --target {input.target} {params.labels} --batch-size {params.batch_size} "
-        "--device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
+        "{params.lddmm} --device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"

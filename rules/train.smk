@@ -62,6 +62,7 @@ rule correction_patches:
         stride=config["train"]["stride"],
         threshold=config["train"]["background_threshold"],
         device=config["train"]["device"],
+        lddmm=lddmm_args(),
     log:
         f"{LOGS}/patches_correction/{{pair}}.log",
     threads: resources_of("train")["threads"]
@@ -72,7 +73,8 @@ rule correction_patches:
     shell:
         "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model} --moving {input.moving} "
         "--target {input.target} --momentum {input.momentum} --pair {wildcards.pair} --patch {params.patch} "
-        "--stride {params.stride} --threshold {params.threshold} --device {params.device} --out {output.npy} > {log} 2>&1"
+        "--stride {params.stride} --threshold {params.threshold} {params.lddmm} --device {params.device} "
+        "--out {output.npy} > {log} 2>&1"
 
 
 rule train_correction:
