@@ -34,10 +34,11 @@ def seed_ants(seed: int) -> None:
     """Seed ANTs' metric sampling (``antsRegistration --random-seed``).
 
     ANTsPy ignores a ``random_seed`` keyword of ``ants.registration``; the
-    seed only reaches ANTs through its package configuration. With one ITK
-    thread the result is then bit-identical between runs.
+    seed only reaches ANTs through its package configuration. ANTs takes a
+    seed of 0 to mean "seed from the clock", so ``seed + 1`` is passed. With
+    one ITK thread the result is then bit-identical between processes.
     """
-    _ants().config._random_seed = int(seed)
+    _ants().config._random_seed = int(seed) + 1
 
 
 def register_affine(fixed_path, moving_path, *, seed: int = 0, metric: str = "mattes", iterations=(2100, 1200, 1200, 10), fixed_mask_path=None):

@@ -27,11 +27,14 @@ def test_lint_is_clean():
     assert "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr
 
 
-def test_default_config_plans_the_preprocessing():
+def test_default_config_plans_the_whole_dag():
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     out = run.stdout + run.stderr
-    for rule, count in [("demo", 1), ("working_grid", 1), ("validate_subject", 8), ("preprocess", 8)]:
+    plan = [("demo", 1), ("working_grid", 1), ("validate_subject", 8), ("preprocess", 8), ("lddmm", 32), ("patches", 30),
+            ("train_prediction", 1), ("correction_patches", 30), ("train_correction", 1), ("predict", 4), ("predict_mc", 2),
+            ("syn", 2), ("evaluate_pair", 2), ("report", 1)]
+    for rule, count in plan:
         assert any(line.split() == [rule, str(count)] for line in out.splitlines()), out
 
 
@@ -55,7 +58,7 @@ def test_bad_sheet_stops_before_any_job(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_workflow_preprocesses_every_subject(tmp_path):
+def test_tiny_workflow_runs_the_whole_dag(tmp_path):
     run = snakemake("--cores", "2", "--configfile", str(TINY), cwd=tmp_path)
     assert run.returncode == 0, run.output[-6000:]
     res = tmp_path / "results"
@@ -77,6 +80,20 @@ def test_tiny_workflow_preprocesses_every_subject(tmp_path):
         assert qc["ncc_with_atlas"] > 0.8, qc
         assert (d / f"{s}_qc.png").stat().st_size > 10_000
         assert (d / f"{s}_affine.mat").exists()
+    report = res / "report"
+    error = pd.read_csv(report / "deformation_error.tsv", sep="\t")
+    assert list(error.columns) == ["method", "p0.3", "p5", "p25", "p50", "p75", "p95", "p99.7", "detj_pos_pct"]
+    assert set(error["method"]) == {"affine", "predict", "predict+correct", "predict-mc"}
+    assert (error.set_index("method").loc[["predict", "predict+correct", "predict-mc"], "detj_pos_pct"] == 100).all()
+    overlap = pd.read_csv(report / "target_overlap.tsv", sep="\t", dtype={"label": str})
+    assert list(overlap.columns) == ["pair", "method", "label", "target_overlap", "dice"]
+    assert set(overlap["method"]) == {"affine", "lddmm", "syn", "predict", "predict+correct", "predict-mc"}
+    timing = pd.read_csv(report / "timing.tsv", sep="\t")
+    assert list(timing.columns) == ["pair", "method", "seconds", "device"] and (timing["seconds"] > 0).all()
+    for png in ("target_overlap.png", "deformation_error.png", "example_pair.png", "loss.png"):
+        assert (report / png).stat().st_size > 10_000
+    lddmm = json.loads((res / "lddmm" / pairs["pair"][0] / "summary.json").read_text())
+    assert lddmm["detj_min"] > 0 and lddmm["energy"] < lddmm["energy_initial"]
     # nothing half-written anywhere, and a second run has nothing to do
     assert not list(res.rglob("*.tmp*"))
     again = snakemake("-n", "--cores", "2", "--configfile", str(TINY), cwd=tmp_path)
