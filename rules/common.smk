@@ -56,6 +56,8 @@ def _cohort_has(kind):
 
 HAS_T2 = _cohort_has("t2")
 HAS_LABELS = _cohort_has("labels")
+if config["train"]["target_contrast"] == "T2" and not HAS_T2:
+    sys.exit("qs: error: config: train.target_contrast is T2 (multimodal) but the cohort has no t2 image for every subject")
 
 
 def resources_of(stage):

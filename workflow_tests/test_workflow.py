@@ -57,6 +57,28 @@ def test_bad_sheet_stops_before_any_job(tmp_path):
     assert f"qs: error: {sheet}: subject 's1': t1 file" in run.output
 
 
+def test_multimodal_option_trains_t1_to_t2_on_t1_momenta(tmp_path):
+    run = snakemake("-n", "-p", "--configfile", str(TINY), "--config", "train={target_contrast: T2}", cwd=tmp_path)
+    assert run.returncode == 0, run.output[-3000:]
+    cmds = [line.removeprefix("Shell command: ") for line in run.output.splitlines() if line.startswith("Shell command: ")]
+    lddmm = [c for c in cmds if " qs lddmm " in c]
+    patches = [c for c in cmds if c.startswith("qs patches")]
+    predict = [c for c in cmds if " qs predict " in c]
+    assert lddmm and all("_T2w" not in c for c in lddmm)  # momenta from T1 -> T1
+    assert patches and all("--target" in c and c.split("--target ")[1].split()[0].endswith("_T2w.nii.gz") for c in patches)
+    assert predict and all(c.split("--target ")[1].split()[0].endswith("_T2w.nii.gz") for c in predict)
+    assert all("--modality T1->T2" in c for c in cmds if " qs train " in c)
+
+
+def test_multimodal_without_t2_is_refused(tmp_path, subject_files):
+    for s in ("a", "b", "c", "d"):
+        subject_files(s, labels=False)
+    sheet = tmp_path / "subjects.tsv"
+    sheet.write_text("subject\tt1\tsplit\n" + "".join(f"{s}\t{s}/{s}_T1w.nii.gz\t{'train' if s < 'c' else 'test'}\n" for s in "abcd"))
+    run = snakemake("-n", "--config", f"cohort={{source: sheet, sheet: {sheet}}}", "train={target_contrast: T2}", cwd=tmp_path)
+    assert run.returncode != 0 and "train.target_contrast is T2" in run.output
+
+
 @pytest.mark.slow
 def test_tiny_workflow_runs_the_whole_dag(tmp_path):
     run = snakemake("--cores", "2", "--configfile", str(TINY), cwd=tmp_path)
