@@ -165,6 +165,18 @@ def _train(args):
     print(model)
 
 
+def add_patch_args(p):
+    """Arguments shared by ``qs patches`` and ``qs correction-patches``."""
+    p.add_argument("--moving", required=True, type=Path)
+    p.add_argument("--target", required=True, type=Path)
+    p.add_argument("--momentum", required=True, type=Path, help="the pair's LDDMM m0.nii.gz (I, J, K, 3) on the same grid")
+    p.add_argument("--out", required=True, type=Path, help="output .npy (a .json sidecar is written beside it)")
+    p.add_argument("--pair", help="pair id recorded in the sidecar")
+    p.add_argument("--patch", type=int, default=15)
+    p.add_argument("--stride", type=int, default=14)
+    p.add_argument("--threshold", type=float, default=0.0, help="a patch is background when all voxels are <= this in both images")
+
+
 def _add_lddmm_params(p):
     from .lddmm import DEFAULTS
 
@@ -260,14 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_lddmm)
 
     p = sub.add_parser("patches", help="training patches (moving, target, momentum) of one pair")
-    p.add_argument("--moving", required=True, type=Path)
-    p.add_argument("--target", required=True, type=Path)
-    p.add_argument("--momentum", required=True, type=Path, help="m0.nii.gz (I, J, K, 3) on the same grid")
-    p.add_argument("--out", required=True, type=Path, help="output .npy (a .json sidecar is written beside it)")
-    p.add_argument("--pair", help="pair id recorded in the sidecar")
-    p.add_argument("--patch", type=int, default=15)
-    p.add_argument("--stride", type=int, default=14)
-    p.add_argument("--threshold", type=float, default=0.0, help="a patch is background when all voxels are <= this in both images")
+    add_patch_args(p)
     p.set_defaults(func=_patches)
 
     p = sub.add_parser("train", help="train the prediction or correction network on patch files")

@@ -647,6 +647,8 @@ def _correction_patches(args):
 
 def add_subcommands(sub) -> None:
     """Add ``qs predict`` and ``qs correction-patches`` to the ``qs`` parser's subparsers."""
+    from .cli import add_patch_args
+
     p = sub.add_parser("predict", help="predict the LDDMM registration of MOVING to TARGET with a trained model")
     p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")
     p.add_argument("--moving", required=True, type=Path, help="moving image on the working grid")
@@ -666,14 +668,7 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("correction-patches",
                        help="training patches of the correction network for one pair (moving, warped-back target, residual)")
     p.add_argument("--model", required=True, type=Path, help="the trained prediction model")
-    p.add_argument("--moving", required=True, type=Path)
-    p.add_argument("--target", required=True, type=Path)
-    p.add_argument("--momentum", required=True, type=Path, help="the pair's LDDMM m0.nii.gz")
-    p.add_argument("--out", required=True, type=Path, help="output .npy (a .json sidecar is written beside it)")
-    p.add_argument("--pair", help="pair id recorded in the sidecar")
-    p.add_argument("--patch", type=int, default=15)
-    p.add_argument("--stride", type=int, default=14)
-    p.add_argument("--threshold", type=float, default=0.0)
+    add_patch_args(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=64)
     add_lddmm_expect(p)
