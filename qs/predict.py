@@ -548,20 +548,10 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, s
                                correction=corr, samples=samples, seed=seed, stride=stride, batch_size=batch_size,
                                device=dev, progress=progress, compile=compile)
 
-    from .lddmm import warp_labels
-    from .transforms import write_ants_displacement
+    from .lddmm.run import write_registration
 
     affine = tgt.affine
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {
-        "m0": save_array(np.moveaxis(res.m0.numpy(), 0, -1), affine, out_dir / "m0.nii.gz"),
-        "warp": write_ants_displacement(res.phiinv.numpy(), affine, out_dir / "warp.nii.gz"),
-        "warped": save_array(res.warped.numpy(), affine, out_dir / "warped.nii.gz"),
-    }
-    if lab is not None:
-        lab_t = torch.from_numpy(np.asarray(lab.dataobj, dtype=np.int32))
-        outputs["warped_labels"] = save_array(warp_labels(lab_t, res.phiinv.double(), h).numpy().astype(np.int32),
-                                              affine, out_dir / "warped_labels.nii.gz", dtype=np.int32)
+    outputs = write_registration(out_dir, affine, h, res.m0, res.phiinv, res.warped, labels=lab)
     if res.uncertainty is not None:
         outputs["uncertainty"] = save_array(res.uncertainty.numpy(), affine, out_dir / "uncertainty.nii.gz")
     summary = dict(res.summary)

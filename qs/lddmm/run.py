@@ -110,6 +110,27 @@ def register(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: fl
                               history=res.history, summary=summary)
 
 
+def write_registration(out_dir, affine, spacing, m0, phiinv, warped, *, labels=None) -> dict:
+    """Write a registration's files on the target grid (``affine``); shared by ``qs lddmm`` and ``qs predict``.
+
+    ``m0.nii.gz`` (I, J, K, 3), ``warp.nii.gz`` (ANTs displacement of ``phiinv``),
+    ``warped.nii.gz`` and, with ``labels`` (a label image on the grid),
+    ``warped_labels.nii.gz`` (nearest neighbour, int32). Returns the paths.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "m0": save_array(np.moveaxis(m0.numpy(), 0, -1), affine, out_dir / "m0.nii.gz"),
+        "warp": write_ants_displacement(phiinv.numpy(), affine, out_dir / "warp.nii.gz"),
+        "warped": save_array(warped.numpy(), affine, out_dir / "warped.nii.gz"),
+    }
+    if labels is not None:
+        lab = torch.from_numpy(np.asarray(labels.dataobj, dtype=np.int32))
+        outputs["warped_labels"] = save_array(warp_labels(lab, phiinv.double(), spacing).numpy().astype(np.int32),
+                                              affine, out_dir / "warped_labels.nii.gz", dtype=np.int32)
+    return outputs
+
+
 def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT_ITERATIONS,
               alpha: float = DEFAULTS["alpha"], beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"],
               sigma: float = 0.2, time_steps: int = 10, step: float | None = None, device="auto", seed: int = 0,
@@ -132,17 +153,7 @@ def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT
     res = register(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), h, iterations=iterations, alpha=alpha,
                    beta=beta, gamma=gamma, sigma=sigma, time_steps=time_steps, step=step, pad=pad,
                    device=device, compile=compile, seed=seed, progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {
-        "m0": save_array(np.moveaxis(res.m0.numpy(), 0, -1), affine, out_dir / "m0.nii.gz"),
-        "warp": write_ants_displacement(res.phiinv.numpy(), affine, out_dir / "warp.nii.gz"),
-        "warped": save_array(res.warped.numpy(), affine, out_dir / "warped.nii.gz"),
-    }
-    if lab is not None:
-        lab_t = torch.from_numpy(np.asarray(lab.dataobj, dtype=np.int32))
-        warped_lab = warp_labels(lab_t, res.phiinv.double(), h)
-        outputs["warped_labels"] = save_array(warped_lab.numpy().astype(np.int32), affine,
-                                              out_dir / "warped_labels.nii.gz", dtype=np.int32)
+    outputs = write_registration(out_dir, affine, h, res.m0, res.phiinv, res.warped, labels=lab)
     lines = ["iteration\tenergy\tmatching\tregularity\tseconds"]
     lines += [f"{r['iteration']}\t{r['energy']:.8g}\t{r['matching']:.8g}\t{r['regularity']:.8g}\t{r['seconds']:.3f}"
               for r in res.history]
