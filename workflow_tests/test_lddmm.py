@@ -16,7 +16,7 @@ from scipy import ndimage
 from qs.device import resolve_device
 from qs.io import QsInputError
 from qs.lddmm import (FluidKernel, Objective, Shooter, energy_autograd, identity, jacobian_determinant, register,
-                      run_lddmm, sample, warp_image, warp_labels)
+                      run_lddmm, warp_image, warp_labels)
 from qs.transforms import itk_geometry, read_ants_displacement, write_ants_displacement
 
 # ---------------------------------------------------------------------------
@@ -177,14 +177,16 @@ def test_anisotropic_spacing_is_honoured():
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("store_velocities", [False, True])
-def test_adjoint_gradient_matches_autograd_through_the_trajectory(store_velocities):
-    """Checkpointed adjoint vs autograd through all RK4 stages (float64, anisotropic, padded grid)."""
+@pytest.mark.parametrize("store_velocities,slabs", [(False, None), (True, None), (False, 4)])
+def test_adjoint_gradient_matches_autograd_through_the_trajectory(store_velocities, slabs):
+    """Checkpointed adjoint vs autograd through all RK4 stages (float64, anisotropic, padded grid),
+    with and without stored stage velocities and slab-wise stage evaluation."""
     shape, h = (12, 10, 9), (1.5, 2.0, 1.2)
     I0, I1 = phantom(shape, 0), phantom(shape, 3)
     obj = Objective(I0, I1, h, time_steps=5, pad=3, compile=False, store_velocities=store_velocities,
                     dtype=torch.float64)
-    assert obj.shooter.store_velocities == store_velocities
+    obj.shooter = Shooter(obj.kernel, time_steps=5, compile=False, store_velocities=store_velocities, slabs=slabs)
+    assert obj.shooter.store_velocities == store_velocities and obj.shooter.slab == slabs
     assert obj.padded != obj.shape
     m0 = smooth_momentum(obj, 2.5, seed=4)
     energy, g = obj(m0)
@@ -222,8 +224,9 @@ def test_energy_decreases(recovery):
 def test_recovers_a_known_deformation(recovery):
     """Where the image has structure, the recovered phi^{-1} is within about 0.25 voxel of the truth.
 
-    Measured: mean error 0.36 mm, 95th percentile 0.8 mm at 2 mm voxels, for a
-    true displacement of mean 1.1 mm and max 2.7 mm.
+    Measured (30 iterations): mean error 0.36 mm, 95th percentile 0.70 mm, max
+    0.94 mm at 2 mm voxels, for a true displacement of mean 1.27 mm and max
+    3.1 mm; the energy drops 400-fold.
     """
     I0, _, u_true, res = recovery
     mask = torch.from_numpy(ndimage.binary_dilation(I0.numpy() > 0.05, iterations=2))

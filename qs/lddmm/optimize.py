@@ -13,10 +13,11 @@ accepted, its gradient (one adjoint pass). Two update rules:
   Lowers the energy about twice as fast per iteration, but the momentum
   becomes edge-localised (rough) and folds come closer (smaller det J).
 
-Step size: ``step`` is the largest velocity change (mm) of the first update;
-it fixes ``eta``. With ``adaptive=True`` (default) a step that does not lower
-the energy is rejected and ``eta`` halved, an accepted one grows ``eta`` by
-10% -- the energy never increases. ``adaptive=False`` keeps ``eta`` fixed
+Step size: ``step`` is the largest velocity change (mm) of the first update
+(default half a voxel); it fixes ``eta``. With ``adaptive=True`` (default) a
+step that does not lower the energy is rejected (costing one shooting, no
+adjoint) and ``eta`` halved, an accepted one grows ``eta`` by 10% -- the
+energy never increases. ``adaptive=False`` keeps ``eta`` fixed
 (the original's fixed-step gradient descent) and accepts every step.
 """
 
@@ -48,17 +49,19 @@ class OptimizeResult:
 
 
 def optimize(obj: Objective, *, iterations: int = 100, m0: torch.Tensor | None = None, step: float | None = None,
-             metric: str = "l2", adaptive: bool = True, progress: bool = True, callback=None) -> OptimizeResult:
+             metric: str = "l2", adaptive: bool = True, grow: float = 1.1, progress: bool = True,
+             callback=None) -> OptimizeResult:
     """Gradient descent on ``m0`` for ``iterations`` energy evaluations.
 
-    ``step`` defaults to the smallest voxel size (mm). ``callback(row)`` is
+    ``step`` (mm) defaults to half the smallest voxel size; ``grow`` is the
+    factor by which an accepted step enlarges ``eta``. ``callback(row)`` is
     called after every iteration with the history row.
     """
     if metric not in ("V", "l2"):
         raise ValueError(f"optimize: metric must be 'V' or 'l2', got {metric!r}")
     if iterations < 0:
         raise ValueError(f"optimize: iterations must be >= 0, got {iterations}")
-    step = float(min(obj.spacing) if step is None else step)
+    step = float(0.5 * min(obj.spacing) if step is None else step)
     if step <= 0:
         raise ValueError(f"optimize: step must be > 0, got {step}")
     m = obj.zeros() if m0 is None else m0.detach().to(dtype=obj.dtype, device=obj.device).clone()
@@ -86,7 +89,7 @@ def optimize(obj: Objective, *, iterations: int = 100, m0: torch.Tensor | None =
         if ok:
             m, energy, g = trial, ev.energy, ev.gradient()
             if adaptive:
-                eta *= 1.1
+                eta *= grow
         else:
             del ev
             eta *= 0.5

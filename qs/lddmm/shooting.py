@@ -20,29 +20,30 @@ the same Eulerian scheme run backwards in time on the same velocities,
 ``-v_{1-s}``).
 
 Gradient: :class:`Shooter` keeps only ``(m_k, u_k)`` at the start of each time
-step (``2 x 3`` fields per step) and, going backwards, recomputes one step's
+step (``2 x 3`` fields per step; plus the 4 stage velocities when that is
+cheap, see ``store_velocities``) and, going backwards, recomputes one step's
 four stages and pulls the cotangent back through them with hand-written
 vector-Jacobian products (:func:`rhs_vjp`) -- the exact adjoint of the
 discrete scheme, checked against autograd in the tests. Peak memory is the
 checkpoints plus one step's stages; there is no autograd graph.
 
-The step functions are plain tensor code; with ``compile=True`` (or
-``"auto"`` on large grids) they are fused by ``torch.compile`` (inductor),
-which removes most of the element-wise memory traffic. Any compile failure
-falls back to eager execution with a warning.
+Speed: the time goes into element-wise stencil work, not the FFT. The stage
+functions (:func:`stage_fwd`, :func:`stage_vjp`, ...) are plain tensor code
+that ``torch.compile`` (inductor, C++/OpenMP on CPU) fuses into a few loops
+each (``compile=True``, or ``"auto"`` on grids of at least
+``COMPILE_MIN_VOXELS``); any compile failure falls back to eager execution
+with a warning. :func:`rk4_step` is the same step written as one plain
+function: the reference that the naive autograd baseline and the tests use.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 from .kernel import FluidKernel, irfft3, rfft3, symbol_multiply
-
-log = logging.getLogger(__name__)
 
 # Grids with at least this many voxels use torch.compile when compile="auto".
 COMPILE_MIN_VOXELS = 40**3
@@ -141,11 +142,6 @@ def rk4_step(m, u, ksym, *, dt, spacing, shape):
     return m + c * (r1 + 2.0 * (r2 + r3) + r4), u + c * (q1 + 2.0 * (q2 + q3) + q4), v1
 
 
-def rhs_pair(m, u, v, spacing):
-    """``(dm/dt, du/dt)`` at one stage (the unit that is compiled)."""
-    return epdiff_rhs(m, v, spacing), map_rhs(u, v, spacing)
-
-
 def stage_fwd(m, u, v, m0, u0, acc_m, acc_u, a, c, spacing):
     """RK4 stage: ``k = rhs(m, u, v)``; returns ``(y0 + a k, acc + c k)`` for ``y = (m, u)``."""
     r, q = epdiff_rhs(m, v, spacing), map_rhs(u, v, spacing)
@@ -177,13 +173,15 @@ def stage_cotangent(mbar, ubar, pm, pk, pu, acc_m, acc_u, c, a, spacing):
     return c * mbar + a * pmk, c * ubar + a * pu, acc_m + pmk, acc_u + pu
 
 
-def forward_map_step(w, va, vb, vc, *, dt, spacing):
-    """RK4 step of ``dw/ds = (Dw) v + v`` with velocities at s, s+dt/2 (two estimates), s+dt."""
-    k1 = forward_map_rhs(w, va, spacing)
-    k2 = forward_map_rhs(w + (0.5 * dt) * k1, vb[0], spacing)
-    k3 = forward_map_rhs(w + (0.5 * dt) * k2, vb[1], spacing)
-    k4 = forward_map_rhs(w + dt * k3, vc, spacing)
-    return w + (dt / 6.0) * (k1 + 2.0 * (k2 + k3) + k4)
+def fmap_stage(w, v, w0, acc, a, c, spacing):
+    """Forward-map RK4 stage: ``k = (Dw) v + v``; returns ``(w0 + a k, acc + c k)``."""
+    k = forward_map_rhs(w, v, spacing)
+    return w0 + a * k, acc + c * k
+
+
+def fmap_last(w, v, acc, c, spacing):
+    """Last forward-map RK4 stage: ``acc + c ((Dw) v + v)``."""
+    return (acc + c * forward_map_rhs(w, v, spacing),)
 
 
 # --------------------------------------------------------------------------
@@ -232,12 +230,12 @@ class Shooter:
     """EPDiff shooting on a periodic grid with an exact, checkpointed adjoint.
 
     The RK4 steps are written out here (the same arithmetic as
-    :func:`rk4_step`) around three primitives -- the stage right-hand sides
-    :func:`rhs_pair`, their VJP :func:`rhs_vjp` and the kernel's symbol
-    multiply -- which are what ``torch.compile`` fuses. Compiling each stage
-    separately (rather than a whole step) keeps every stage's result in
-    memory once instead of letting the compiler recompute stencils of
-    stencils.
+    :func:`rk4_step`) around a few stage functions -- right-hand side plus
+    the RK4 update (:func:`stage_fwd` ...), the stage VJP (:func:`stage_vjp`),
+    the kernel's symbol multiply -- which are what ``torch.compile`` fuses.
+    Compiling each stage separately (rather than a whole step) keeps every
+    stage's result in memory once instead of letting the compiler recompute
+    stencils of stencils.
 
     Parameters
     ----------
@@ -281,7 +279,8 @@ class Shooter:
         self.slab = _slab_size(self.shape) if slabs == "auto" else (int(slabs) if slabs else None)
         self.compiled = False
         # module-level functions (each its own code object, so each has its own compile cache)
-        self._eager = {f.__name__: f for f in (stage_fwd, stage_next, stage_last, stage_vjp, stage_cotangent)}
+        self._eager = {f.__name__: f for f in (stage_fwd, stage_next, stage_last, stage_vjp, stage_cotangent,
+                                               fmap_stage, fmap_last)}
         self._eager["mult"] = symbol_multiply
         self._fns = dict(self._eager)
         if compile:
@@ -292,7 +291,7 @@ class Shooter:
                 warnings.warn(f"Shooter: torch.compile unavailable ({exc}); running eager", stacklevel=2)
 
     def _call(self, name, *args):
-        if self.slab and name.startswith("stage_") and name != "stage_cotangent":
+        if self.slab and name not in ("mult", "stage_cotangent"):
             return self._call_slabs(name, *args)
         return self._call_fn(name, *args)
 
@@ -316,12 +315,13 @@ class Shooter:
         n, b = self.shape[0], self.slab
         outs = None
         for i0 in range(0, n, b):
-            sl = [_halo_slab(a, i0, b) if a.dim() == 4 else a for a in args]
+            bb = min(b, n - i0)
+            sl = [_halo_slab(a, i0, bb) if a.dim() == 4 else a for a in args]
             res = self._call_fn(name, *sl)
             if outs is None:
                 outs = [torch.empty((r.shape[0], *self.shape), dtype=r.dtype, device=r.device) for r in res]
             for o, r in zip(outs, res):
-                o[:, i0:i0 + b].copy_(r[:, 1:-1])
+                o[:, i0:i0 + bb].copy_(r[:, 1:-1])
         return tuple(outs)
 
     # primitives -------------------------------------------------------------
@@ -376,6 +376,15 @@ class Shooter:
             st[i] = vs[i] = None
         return am.add_(mb).add_(self._K(vb)), au.add_(ub)
 
+    def _fmap_step(self, w, va, vb2, vb3, vc):
+        """RK4 step of ``dw/ds = (Dw) v + v`` with velocities at s, s + dt/2 (two estimates), s + dt."""
+        dt, S = self.dt, self._scalar
+        half, c6, c3 = S(0.5 * dt), S(dt / 6.0), S(dt / 3.0)
+        w2, acc = self._call("fmap_stage", w, va, w, w, half, c6)
+        w3, acc = self._call("fmap_stage", w2, vb2, w, acc, half, c3)
+        w4, acc = self._call("fmap_stage", w3, vb3, w, acc, S(dt), c3)
+        return self._call("fmap_last", w4, vc, acc, c6)[0]
+
     # forward with checkpoints ---------------------------------------------
     def forward(self, m0: torch.Tensor, *, checkpoints: bool = True):
         """Integrate (m, u) from ``(m0, 0)``; returns ``(m1, u1, v0, ckpts)``.
@@ -425,7 +434,7 @@ class Shooter:
                 if vs is None:
                     vs = self._step(m, u, stages_only=True)[2]
                 if forward_map:  # s = 1 - t runs from t_{k+1} down to t_k
-                    w = forward_map_step(w, v_next, (vs[2], vs[1]), vs[0], dt=self.dt, spacing=self.spacing)
+                    w = self._fmap_step(w, v_next, vs[2], vs[1], vs[0])
                 v_next = vs[0]
                 vt.append(v_next)
         out.w1 = w
