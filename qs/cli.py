@@ -165,6 +165,15 @@ def _train(args):
     print(model)
 
 
+def _add_pair_args(p, *, labels_help):
+    """``--moving --target --labels --out --seed`` of the pairwise registration commands."""
+    p.add_argument("--moving", required=True, type=Path, help="moving image on the working grid")
+    p.add_argument("--target", required=True, type=Path, help="target image on the same grid")
+    p.add_argument("--labels", type=Path, help=labels_help)
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--seed", type=int, default=0)
+
+
 def add_patch_args(p):
     """Arguments shared by ``qs patches`` and ``qs correction-patches``."""
     p.add_argument("--moving", required=True, type=Path)
@@ -245,11 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_affine)
 
     p = sub.add_parser("syn", help="ANTsPy SyN baseline of MOVING to TARGET (both on the working grid)")
-    p.add_argument("--moving", required=True, type=Path)
-    p.add_argument("--target", required=True, type=Path)
-    p.add_argument("--labels", type=Path, help="moving label image, warped with genericLabel")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    _add_pair_args(p, labels_help="moving label image, warped with genericLabel")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_syn)
 
@@ -261,13 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_overlap)
 
     p = sub.add_parser("lddmm", help="LDDMM optimization of MOVING to TARGET (both on the working grid)")
-    p.add_argument("--moving", required=True, type=Path)
-    p.add_argument("--target", required=True, type=Path)
-    p.add_argument("--labels", type=Path, help="moving label image, warped with nearest neighbour")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    _add_pair_args(p, labels_help="moving label image, warped with nearest neighbour")
     p.add_argument("--iterations", type=int, default=50)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
     _add_lddmm_params(p)
     p.set_defaults(func=_lddmm)
 
