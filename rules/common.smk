@@ -75,14 +75,9 @@ def subject_file(kind):
     return get
 
 
-def optional_flag(flag, kind):
-    """Params function: ``--flag PATH`` when the subject has that file, else ''."""
-
-    def get(wildcards):
-        path = subjects.loc[wildcards.subject, kind]
-        return f"{flag} {path}" if path else ""
-
-    return get
+def optional_files_flags(wildcards):
+    """Params function: ``--t2 PATH --labels PATH`` for the files the subject has."""
+    return " ".join(f"--{kind} {subjects.loc[wildcards.subject, kind]}" for kind in ("t2", "labels") if subjects.loc[wildcards.subject, kind])
 
 
 def atlas_source(kind):
@@ -110,6 +105,7 @@ PAIRS = list(pairs.index)
 TRAIN_PAIRS = list(pairs.index[pairs["split"] == "train"])
 TEST_PAIRS = list(pairs.index[pairs["split"] == "test"])
 CONTRAST = {"T1": "T1w", "T2": "T2w"}
+TARGET_CONTRAST = CONTRAST[config["train"]["target_contrast"]]  # the networks' target image (T2w: multimodal)
 
 
 def image_of(subject, contrast="T1w"):
@@ -134,9 +130,9 @@ def pair_labels(role):
     return lambda w: [labels_of(pairs.loc[w.pair, role])] if HAS_LABELS else []
 
 
-def labels_flag(role, flag="--labels"):
-    """Params function: ``--labels PATH`` for the ``role`` labels of ``{pair}``, or ''."""
-    return lambda w, input: f"{flag} {input.labels[0]}" if input.labels else ""
+def labels_flag(wildcards, input):
+    """Params function: ``--labels PATH`` for the rule's ``labels`` input, or ''."""
+    return f"--labels {input.labels[0]}" if input.labels else ""
 
 
 def lddmm_args():

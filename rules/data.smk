@@ -88,7 +88,7 @@ rule validate_subject:
     output:
         f"{R}/validated/{{subject}}.json",
     params:
-        extra=lambda w: " ".join(filter(None, [optional_flag("--t2", "t2")(w), optional_flag("--labels", "labels")(w)])),
+        extra=optional_files_flags,
     log:
         f"{LOGS}/validate/{{subject}}.log",
     conda:

@@ -11,7 +11,7 @@ rule syn:
         warped=f"{R}/syn/{{pair}}/warped.nii.gz",
         summary=f"{R}/syn/{{pair}}/summary.json",
     params:
-        labels=labels_flag("moving"),
+        labels=labels_flag,
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.warp),
     log:

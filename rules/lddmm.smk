@@ -10,7 +10,7 @@ rule lddmm:
         **registration_outputs(f"{R}/lddmm"),
         energy=f"{R}/lddmm/{{pair}}/energy.tsv",
     params:
-        labels=labels_flag("moving"),
+        labels=labels_flag,
         lddmm=lddmm_args(),
         iterations=config["lddmm"]["iterations"],
         device=config["lddmm"]["device"],

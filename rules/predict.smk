@@ -6,14 +6,14 @@ rule predict:
         model=f"{R}/models/prediction/model.safetensors",
         correction=lambda w: [f"{R}/models/correction/model.safetensors"] if w.method == "predict-correct" else [],
         moving=pair_image("moving"),
-        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        target=pair_image("target", TARGET_CONTRAST),
         labels=pair_labels("moving"),
     output:
         **registration_outputs(f"{R}/predict/{{method}}"),
     wildcard_constraints:
         method="predict|predict-correct",
     params:
-        labels=labels_flag("moving"),
+        labels=labels_flag,
         correct=lambda w, input: f"--correct {input.correction[0]}" if input.correction else "",
         batch_size=config["predict"]["batch_size"],
         lddmm=lddmm_args(),
@@ -41,13 +41,13 @@ rule predict_mc:
     input:
         model=f"{R}/models/prediction/model.safetensors",
         moving=pair_image("moving"),
-        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        target=pair_image("target", TARGET_CONTRAST),
         labels=pair_labels("moving"),
     output:
         **registration_outputs(f"{R}/predict/predict-mc"),
         uncertainty=f"{R}/predict/predict-mc/{{pair}}/uncertainty.nii.gz",
     params:
-        labels=labels_flag("moving"),
+        labels=labels_flag,
         samples=config["predict"]["samples"],
         batch_size=config["predict"]["batch_size"],
         lddmm=lddmm_args(),

@@ -18,7 +18,7 @@ rule preprocess:
             labels={"subject": "{subject}"},
         ),
     params:
-        extra=lambda w: " ".join(filter(None, [optional_flag("--t2", "t2")(w), optional_flag("--labels", "labels")(w)])),
+        extra=optional_files_flags,
         normalize=config["preprocess"]["normalize"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.t1),

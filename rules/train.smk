@@ -4,7 +4,7 @@
 rule patches:
     input:
         moving=pair_image("moving"),
-        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        target=pair_image("target", TARGET_CONTRAST),
         momentum=f"{R}/lddmm/{{pair}}/m0.nii.gz",
     output:
         npy=f"{R}/patches/prediction/{{pair}}.npy",
@@ -52,7 +52,7 @@ rule correction_patches:
     input:
         model=f"{R}/models/prediction/model.safetensors",
         moving=pair_image("moving"),
-        target=lambda w: image_of(pairs.loc[w.pair, "target"], CONTRAST[config["train"]["target_contrast"]]),
+        target=pair_image("target", TARGET_CONTRAST),
         momentum=f"{R}/lddmm/{{pair}}/m0.nii.gz",
     output:
         npy=f"{R}/patches/correction/{{pair}}.npy",
