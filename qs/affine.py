@@ -9,12 +9,11 @@ and is saved as an ITK ``.mat`` that ``antsApplyTransforms`` and
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, load_image, load_labels
+from .io import atomic_path, copy_file, load_image, load_labels
 
 LPS = np.diag([-1.0, -1.0, 1.0])
 
@@ -64,17 +63,17 @@ def register_affine(fixed_path, moving_path, *, seed: int = 0, metric: str = "ma
     )
 
 
-def apply_affine(fixed_path, image_path, transform_path, out_path, *, labels: bool = False) -> Path:
-    """Resample an image (or a label image) onto the fixed grid through ``transform_path``.
+def apply_transforms(fixed_path, image_path, transforms, out_path, *, labels: bool = False) -> Path:
+    """Resample an image (or a label image) onto the fixed grid through ANTs ``transforms`` (a list of files).
 
-    Labels use ANTs' ``genericLabel`` interpolation and are stored as int32,
-    so large ids (FreeSurfer-style, in the thousands) stay exact.
+    Labels use ANTs' ``genericLabel`` interpolation and are stored as
+    unsigned integers, so large ids (FreeSurfer-style, in the thousands) stay exact.
     """
     ants = _ants()
     fixed = ants.image_read(str(fixed_path))
     moving = ants.image_read(str(image_path))
     warped = ants.apply_transforms(
-        fixed=fixed, moving=moving, transformlist=[str(transform_path)], interpolator="genericLabel" if labels else "linear"
+        fixed=fixed, moving=moving, transformlist=[str(t) for t in transforms], interpolator="genericLabel" if labels else "linear"
     )
     if labels:
         warped = warped.clone("unsigned int")  # ids validated non-negative; exact below 2^32
@@ -110,10 +109,8 @@ def run_affine(fixed, moving, out_prefix, *, labels=None, seed: int = 0, threads
     result = register_affine(fixed, moving, seed=seed)
     prefix = str(out_prefix)
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
-    mat = Path(prefix + "_affine.mat")
-    with atomic_path(mat) as tmp:
-        shutil.copyfile(result["fwdtransforms"][0], tmp)
-    outputs = {"affine": mat, "warped": apply_affine(fixed, moving, mat, prefix + "_warped.nii.gz")}
+    mat = copy_file(result["fwdtransforms"][0], prefix + "_affine.mat")
+    outputs = {"affine": mat, "warped": apply_transforms(fixed, moving, [mat], prefix + "_warped.nii.gz")}
     if labels:
-        outputs["labels"] = apply_affine(fixed, labels, mat, prefix + "_labels.nii.gz", labels=True)
+        outputs["labels"] = apply_transforms(fixed, labels, [mat], prefix + "_labels.nii.gz", labels=True)
     return outputs

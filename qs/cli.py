@@ -111,32 +111,10 @@ def _lddmm(args):
     print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, default=str))
 
 
-def load_momentum(path, reference, reference_path):
-    """A momentum NIfTI ``(I, J, K, 3)`` on the grid of ``reference``, as ``(3, I, J, K)`` float32."""
-    import nibabel as nib
-    import numpy as np
-
-    from .io import check_same_grid
-
-    path = Path(path)
-    if not path.is_file():
-        raise QsInputError(f"{path}: momentum file does not exist")
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj, dtype=np.float32)
-    if data.ndim == 5 and data.shape[3] == 1:
-        data = data[:, :, :, 0, :]
-    if data.ndim != 4 or data.shape[3] != 3:
-        raise QsInputError(f"{path}: momentum must be (I, J, K, 3), got shape {data.shape}")
-    if not np.isfinite(data).all():
-        raise QsInputError(f"{path}: momentum contains NaN/Inf")
-    check_same_grid(reference, nib.Nifti1Image(data[..., 0], img.affine), reference_path, path)
-    return np.moveaxis(data, -1, 0)
-
-
 def _patches(args):
     import numpy as np
 
-    from .io import check_same_grid, load_image
+    from .io import check_same_grid, load_image, load_momentum
     from .patches import write_pair_patches
 
     moving = load_image(args.moving, what="moving image")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,6 +67,13 @@ def save_array(data: np.ndarray, affine: np.ndarray, path, *, header=None, dtype
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return save_nifti(img, path)
+
+
+def copy_file(src, path) -> Path:
+    """Copy ``src`` to ``path`` atomically (e.g. a transform ANTs wrote to its temp folder)."""
+    with atomic_path(path) as tmp:
+        shutil.copyfile(src, tmp)
+    return Path(path)
 
 
 def write_text(text: str, path) -> Path:
@@ -152,3 +160,20 @@ def check_same_grid(a: nib.Nifti1Image, b: nib.Nifti1Image, name_a, name_b, *, a
 def spacing(img: nib.Nifti1Image) -> tuple[float, float, float]:
     """Voxel size in mm along the three voxel axes."""
     return tuple(float(s) for s in np.sqrt((img.affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def load_momentum(path, reference: nib.Nifti1Image, reference_path) -> np.ndarray:
+    """A momentum NIfTI ``(I, J, K, 3)`` on the grid of ``reference``, as ``(3, I, J, K)`` float32."""
+    path = Path(path)
+    if not path.is_file():
+        _fail(path, "momentum file does not exist")
+    img = nib.load(str(path))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    if data.ndim == 5 and data.shape[3] == 1:
+        data = data[:, :, :, 0, :]
+    if data.ndim != 4 or data.shape[3] != 3:
+        _fail(path, f"momentum must be (I, J, K, 3), got shape {data.shape}")
+    if not np.isfinite(data).all():
+        _fail(path, "momentum contains NaN/Inf")
+    check_same_grid(reference, nib.Nifti1Image(data[..., 0], img.affine), reference_path, path)
+    return np.moveaxis(data, -1, 0)

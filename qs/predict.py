@@ -580,7 +580,7 @@ def run_correction_patches(model_path, moving, target, momentum, out, *, patch: 
     with :func:`qs.patches.write_pair_patches`; ``momentum`` is the pair's
     LDDMM ``m0.nii.gz``. Returns the ``(npy, json)`` paths.
     """
-    from .cli import load_momentum
+    from .io import load_momentum
     from .patches import write_pair_patches
 
     mov = load_image(moving, what="moving image")

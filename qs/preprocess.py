@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import affine as aff
-from .io import QsInputError, atomic_path, check_same_grid, load_image, load_labels, save_array, write_text
+from .io import QsInputError, atomic_path, check_same_grid, copy_file, load_image, load_labels, save_array, write_text
 
 NORMALIZATIONS = ("percentile", "max", "histeq")
 
@@ -102,10 +102,8 @@ def preprocess_subject(
 
     aff.set_ants_threads(threads)
     stem = out_dir / subject
-    mat = Path(f"{stem}_affine.mat")
     result = aff.register_affine(atlas_t1, t1, seed=seed)
-    with atomic_path(mat) as tmp:
-        shutil.copyfile(result["fwdtransforms"][0], tmp)
+    mat = copy_file(result["fwdtransforms"][0], f"{stem}_affine.mat")
 
     t1_grid = normalize_intensity(_warp_to_grid(atlas_t1, t1, [mat]), mask, normalize)
     outputs = {"t1": save_array(t1_grid, atlas.affine, f"{stem}_T1w.nii.gz")}
@@ -124,10 +122,11 @@ def preprocess_subject(
         outputs["labels"] = save_array(lab, atlas.affine, f"{stem}_labels.nii.gz", dtype=np.int32)
 
     atlas_data = np.asarray(atlas.dataobj)
+    affine_ras = aff.affine_matrix_ras(mat)
     qc = {
         "subject": subject,
-        "affine_ras": aff.affine_matrix_ras(mat).round(6).tolist(),
-        "affine_determinant": float(np.linalg.det(aff.affine_matrix_ras(mat)[:3, :3])),
+        "affine_ras": affine_ras.round(6).tolist(),
+        "affine_determinant": float(np.linalg.det(affine_ras[:3, :3])),
         "ncc_with_atlas": ncc(t1_grid, atlas_data, mask),
         "normalize": normalize,
         "seed": seed,

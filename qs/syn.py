@@ -8,12 +8,11 @@ moving=M, transformlist=[warp, affine])`` reproduces ``warped.nii.gz``.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 
-from .affine import _ants, seed_ants, set_ants_threads
-from .io import atomic_path, check_same_grid, load_image, load_labels, write_text
+from .affine import _ants, apply_transforms, seed_ants, set_ants_threads
+from .io import check_same_grid, copy_file, load_image, load_labels, write_text
 
 
 def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int = 1, type_of_transform: str = "SyN") -> dict:
@@ -40,20 +39,11 @@ def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int
     fwd = result["fwdtransforms"]
     warp_src = next(p for p in fwd if p.endswith(".nii.gz"))
     mat_src = next(p for p in fwd if p.endswith(".mat"))
-    outputs = {"warp": out_dir / "warp.nii.gz", "affine": out_dir / "affine.mat"}
-    for src, dst in ((warp_src, outputs["warp"]), (mat_src, outputs["affine"])):
-        with atomic_path(dst) as tmp:
-            shutil.copyfile(src, tmp)
-    chain = [str(outputs["warp"]), str(outputs["affine"])]
-    warped = ants.apply_transforms(fixed=fixed, moving=mov, transformlist=chain)
-    outputs["warped"] = out_dir / "warped.nii.gz"
-    with atomic_path(outputs["warped"]) as tmp:
-        ants.image_write(warped, str(tmp))
+    outputs = {"warp": copy_file(warp_src, out_dir / "warp.nii.gz"), "affine": copy_file(mat_src, out_dir / "affine.mat")}
+    chain = [outputs["warp"], outputs["affine"]]
+    outputs["warped"] = apply_transforms(target, moving, chain, out_dir / "warped.nii.gz")
     if labels:
-        lab = ants.apply_transforms(fixed=fixed, moving=ants.image_read(str(labels)), transformlist=chain, interpolator="genericLabel")
-        outputs["warped_labels"] = out_dir / "warped_labels.nii.gz"
-        with atomic_path(outputs["warped_labels"]) as tmp:
-            ants.image_write(lab.clone("unsigned int"), str(tmp))
+        outputs["warped_labels"] = apply_transforms(target, labels, chain, out_dir / "warped_labels.nii.gz", labels=True)
     summary = {"method": "syn", "type_of_transform": type_of_transform, "seconds": seconds, "threads": threads, "seed": seed}
     outputs["summary"] = write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json")
     return outputs
