@@ -221,6 +221,23 @@ def test_energy_decreases(recovery):
     assert res.summary["regularity"] > 0 and res.summary["accepted_steps"] > 15
 
 
+@pytest.mark.parametrize("method", ["gd", "gd-V"])
+def test_lbfgs_beats_gradient_descent_at_equal_shootings(recovery, method):
+    """Same pair, same number of energy evaluations: L-BFGS ends lower, and every rule is monotone."""
+    I0, I1, _, res = recovery
+    other = register(I0, I1, (2.0, 2.0, 2.0), iterations=30, method=method, progress=False, compile=False)
+    energies = [r["energy"] for r in other.history]
+    assert all(b <= a for a, b in zip(energies, energies[1:]))
+    assert res.summary["optimizer"] == "lbfgs" and other.summary["optimizer"] == method
+    assert res.summary["energy"] < 0.7 * other.summary["energy"], (res.summary["energy"], other.summary["energy"])
+
+
+def test_optimize_rejects_unknown_method(recovery):
+    I0, I1, _, _ = recovery
+    with pytest.raises(ValueError, match="method must be one of lbfgs, gd, gd-V"):
+        register(I0, I1, (2.0, 2.0, 2.0), iterations=1, method="adam", progress=False, compile=False)
+
+
 def test_recovers_a_known_deformation(recovery):
     """Where the image has structure, the recovered phi^{-1} is within about 0.25 voxel of the truth.
 

@@ -5,7 +5,7 @@ Layers (pure tensor code; file I/O only in :mod:`.run`):
 * :mod:`.kernel`   -- ``K = (-alpha Lap - beta grad div + gamma)^{-p}`` in the Fourier domain (mm units)
 * :mod:`.shooting` -- EPDiff + inverse map, RK4, checkpointed exact adjoint (:class:`Shooter`)
 * :mod:`.gradient` -- the energy ``E(m0)`` and its gradient (:class:`Objective`)
-* :mod:`.optimize` -- gradient descent in the metric of V (:func:`optimize`)
+* :mod:`.optimize` -- L-BFGS or gradient descent on ``m0`` (:func:`optimize`)
 * :mod:`.warp`     -- sampling images/labels/fields at maps in mm
 * :mod:`.jacobian` -- det J of maps
 * :mod:`.run`      -- :func:`register` (tensors) and :func:`run_lddmm` (files)

@@ -57,7 +57,7 @@ class RegistrationResult:
 
 def register(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: float = DEFAULTS["alpha"],
              beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"], power: int = DEFAULTS["power"],
-             sigma: float = 0.2, time_steps: int = 10, step: float | None = None, metric: str = "l2",
+             sigma: float = 0.2, time_steps: int = 10, step: float | None = None, method: str = "lbfgs",
              pad: int = 0, m0=None, device="auto", compile="auto", dtype=torch.float32, seed: int = 0,
              progress: bool = True) -> RegistrationResult:
     """Register moving ``I0`` to target ``I1`` (3D arrays/tensors on one grid of ``spacing`` mm).
@@ -73,7 +73,7 @@ def register(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: fl
                     time_steps=time_steps, pad=pad, compile=compile, dtype=dtype, device=dev)
     if m0 is not None:
         m0 = torch.as_tensor(m0, dtype=dtype, device=dev)
-    res = optimize(obj, iterations=iterations, m0=m0, step=step, metric=metric, progress=progress)
+    res = optimize(obj, iterations=iterations, m0=m0, step=step, method=method, progress=progress)
     geo = obj.shooter.shoot(obj.pad(res.m0), forward_map=True)
     u, w = obj.crop(geo.u1), obj.crop(geo.w1)
     with torch.no_grad():
@@ -100,7 +100,7 @@ def register(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: fl
         "kernel": obj.kernel.params,
         "sigma": float(sigma),
         "time_steps": int(time_steps),
-        "metric": metric,
+        "optimizer": method,
         "shape": list(obj.shape),
         "padded_shape": list(obj.padded),
         "spacing": list(obj.spacing),
@@ -133,8 +133,8 @@ def write_registration(out_dir, affine, spacing, m0, phiinv, warped, *, labels=N
 
 def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT_ITERATIONS,
               alpha: float = DEFAULTS["alpha"], beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"],
-              sigma: float = 0.2, time_steps: int = 10, step: float | None = None, device="auto", seed: int = 0,
-              progress: bool = True, compile="auto", pad: int = 0) -> dict:
+              sigma: float = 0.2, time_steps: int = 10, step: float | None = None, optimizer: str = "lbfgs",
+              device="auto", seed: int = 0, progress: bool = True, compile="auto", pad: int = 0) -> dict:
     """Register the image file ``moving`` to ``target`` and write the outputs under ``out_dir``.
 
     Both images (and ``labels``, on the moving grid) must already be on the
@@ -151,7 +151,7 @@ def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT
     affine = tgt.affine
     h = grid_spacing(tgt)
     res = register(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), h, iterations=iterations, alpha=alpha,
-                   beta=beta, gamma=gamma, sigma=sigma, time_steps=time_steps, step=step, pad=pad,
+                   beta=beta, gamma=gamma, sigma=sigma, time_steps=time_steps, step=step, method=optimizer, pad=pad,
                    device=device, compile=compile, seed=seed, progress=progress)
     outputs = write_registration(out_dir, affine, h, res.m0, res.phiinv, res.warped, labels=lab)
     lines = ["iteration\tenergy\tmatching\tregularity\tseconds"]
