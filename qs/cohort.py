@@ -35,6 +35,8 @@ def read_sheet(path) -> pd.DataFrame:
         raise QsInputError(f"{path}: subject sheet does not exist")
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except pd.errors.EmptyDataError:
+        raise QsInputError(f"{path}: the subject sheet is empty; expected a header line (subject, t1, ...) and one row per subject") from None
     except Exception as exc:
         raise QsInputError(f"{path}: cannot parse the subject sheet as TSV ({exc})") from exc
     if len(table.columns) == 1 and "," in table.columns[0]:
@@ -101,6 +103,10 @@ def discover_bids(root, *, label_suffixes=("dseg", "labels")) -> pd.DataFrame:
         subject = "_".join(parts[:-1])
         t1 = _one(anat, "T1w", subject)
         if t1 is None:
+            images = sorted(p.name for p in anat.iterdir() if re.search(r"\.nii(\.gz)?$", p.name))
+            if images:
+                raise QsInputError(f"{anat}: no _T1w image for {subject} (found {', '.join(images)}); "
+                                   "name the T1 '<...>_T1w.nii.gz', or give a subject sheet without this subject")
             continue
         t2 = _one(anat, "T2w", subject)
         labels = None
@@ -114,11 +120,26 @@ def discover_bids(root, *, label_suffixes=("dseg", "labels")) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=COLUMNS)
     participants = root / "participants.tsv"
     if participants.is_file():
-        extra = pd.read_csv(participants, sep="\t", dtype=str, keep_default_na=False)
-        if "split" in extra.columns and "participant_id" in extra.columns:
-            split = dict(zip(extra["participant_id"], extra["split"]))
-            table["split"] = [split.get(s.split("_")[0], "") for s in table["subject"]]
+        table["split"] = _participant_splits(participants, [s.split("_")[0] for s in table["subject"]])
     return _validate_table(table, root, root)
+
+
+def _participant_splits(path: Path, participants: list[str]) -> list[str]:
+    """The ``split`` column of a BIDS ``participants.tsv`` for ``participants`` ('' where absent)."""
+    try:
+        extra = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises several types for malformed files
+        raise QsInputError(f"{path}: cannot parse participants.tsv as TSV ({type(exc).__name__}: {exc})") from None
+    if "split" not in extra.columns:
+        return [""] * len(participants)
+    if "participant_id" not in extra.columns:
+        raise QsInputError(f"{path}: has a split column but no participant_id column; found {list(extra.columns)}")
+    bad = extra[~extra["split"].str.strip().isin(("",) + SPLITS)]
+    if len(bad):
+        found = ", ".join(f"{p} '{v}'" for p, v in zip(bad["participant_id"], bad["split"]))
+        raise QsInputError(f"{path}: split must be 'train', 'test' or empty, got {found}")
+    split = dict(zip(extra["participant_id"].str.strip(), extra["split"].str.strip()))
+    return [split.get(p, "") for p in participants]
 
 
 def _one(anat: Path, suffix: str, subject: str) -> Path | None:

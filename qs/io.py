@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,12 +31,21 @@ def atomic_path(path):
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
     The temporary name keeps the file's suffixes (``.nii.gz``, ``.tsv``...) so
-    that writers which infer the format from the name keep working.
+    that writers which infer the format from the name keep working. A writer
+    killed outright (SIGKILL) leaves its temporary file behind, never a
+    half-written ``path``; the next writer of ``path`` (the rerun of the
+    killed job) removes such leftovers first.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) if path.suffixes else ""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}.", suffix=".tmp" + suffix, dir=path.parent)
+    prefix = f".{path.name.split('.')[0]}."
+    leftover = re.compile(re.escape(prefix) + r"[a-z0-9_]+" + re.escape(".tmp" + suffix))
+    for old in path.parent.glob(f"{prefix}*.tmp{suffix}"):
+        if leftover.fullmatch(old.name):
+            with contextlib.suppress(FileNotFoundError):
+                old.unlink()
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -133,7 +143,7 @@ def load_labels(path, *, reference: nib.Nifti1Image | None = None, reference_pat
             _fail(path, "label image has non-integer values (labels must be integer ids)")
     data = np.asarray(raw).astype(np.int64)
     if data.min() < 0 or data.max() > np.iinfo(np.int32).max:
-        _fail(path, "label ids must be between 0 and 2^31-1")
+        _fail(path, f"label ids must be between 0 and 2^31-1, found {data.min()} to {data.max()}")
     if not data.any():
         _fail(path, "label image is empty (all voxels are 0)")
     if reference is not None:

@@ -107,6 +107,20 @@ def read_meta(path) -> dict:
     return meta
 
 
+def _pickle_kind(path: Path) -> str | None:
+    """Which pickle-based format ``path`` looks like, judged from its first bytes (never unpickled)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    if head.startswith(b"PK\x03\x04"):
+        return "a torch.save zip archive holding a pickle; refused unread, unpickling can run code"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocols 2 to 5
+        return "a Python pickle; refused unread, unpickling can run code"
+    return None
+
+
 def _read(path, *, tensors: bool):
     path = Path(path)
     if not path.is_file():
@@ -117,7 +131,7 @@ def _read(path, *, tensors: bool):
             weights = {k: f.get_tensor(k) for k in f.keys()} if tensors else None
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise QsInputError(
-            f"{path}: not a valid safetensors model file ({type(exc).__name__}: {exc}); "
+            f"{path}: not a valid safetensors model file ({_pickle_kind(path) or f'{type(exc).__name__}: {exc}'}); "
             "qs reads only models written by qs (weights in safetensors, no pickle)"
         ) from None
     if "qs" not in header:
@@ -179,9 +193,23 @@ def load_model(path, expect: dict | None = None, device="cpu") -> tuple[Quicksil
                            "the file was altered or damaged after saving")
     if expect:
         check_expect(meta, expect, path)
+    described = f"features {meta['features']!r}, dropout {meta['dropout']!r}, patch {meta['patch']!r}"
     try:
         model = QuicksilverNet(int(meta["features"]), float(meta["dropout"]), int(meta["patch"]))
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise QsInputError(f"{path}: metadata describes no valid network ({described}: {exc})") from None
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    problems = [f"{k} missing" for k in want if k not in have]
+    problems += [f"{k} unexpected" for k in have if k not in want]
+    problems += [f"{k} has shape {have[k]}, the network needs {want[k]}" for k in want if k in have and have[k] != want[k]]
+    if problems:
+        more = f" and {len(problems) - 2} more" if len(problems) > 2 else ""
+        raise QsInputError(f"{path}: weights do not fit the network described by its metadata ({described}): "
+                           + "; ".join(problems[:2]) + more)
+    try:
         model.load_state_dict(weights, strict=True)
     except (ValueError, RuntimeError) as exc:
-        raise QsInputError(f"{path}: weights do not fit the network described by its metadata ({exc})") from None
+        first = str(exc).strip().splitlines()[0]
+        raise QsInputError(f"{path}: weights do not fit the network described by its metadata ({first})") from None
     return model.to(device).eval(), meta

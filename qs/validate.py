@@ -37,3 +37,29 @@ def validate_subject(subject: str, t1, *, t2=None, labels=None) -> dict:
         ids = np.unique(np.asarray(lab.dataobj))
         report["labels"] = {"path": str(labels), "n_labels": int((ids > 0).sum()), "max_id": int(ids.max())}
     return report
+
+
+def config_error(exc: BaseException, sources=()) -> str | None:
+    """One line ``qs: error: config (FILES): KEY: problem`` for a config that fails its schema; else None.
+
+    ``exc`` is the ``WorkflowError`` that ``snakemake.utils.validate`` raises
+    (it carries the ``jsonschema`` ``ValidationError``), ``sources`` the config
+    files (``workflow.configfiles``). In the workflow::
+
+        try:
+            validate(config, schema="../schemas/config.schema.yaml")
+        except WorkflowError as exc:
+            if config_error(exc) is None:
+                raise
+            sys.exit(config_error(exc, workflow.configfiles))
+    """
+    err = exc
+    for _ in range(4):  # the jsonschema error is the WorkflowError's context
+        if err is None or hasattr(err, "json_path"):
+            break
+        err = err.__cause__ or err.__context__
+    if not hasattr(err, "json_path"):
+        return None
+    key = err.json_path.removeprefix("$").lstrip(".") or "(top level)"
+    files = ", ".join(str(s) for s in sources) or "--config"
+    return f"qs: error: config ({files}): {key}: {err.message}"
