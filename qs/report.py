@@ -368,7 +368,8 @@ def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: 
     ``moving`` (or both), optional ``uncertainty`` and ``pair`` (title);
     ``target_t1``/``moving_t1`` are accepted for ``target``/``moving``.
     ``paper_table``: put the paper's numbers into ``summary.md``.
-    ``provenance``: key -> value pairs listed at the end of ``summary.md``.
+    ``provenance``: key -> value pairs listed at the end of ``summary.md`` (a DataFrame value is
+    shown as a table; :func:`qs.provenance.report_items` makes them from ``results/provenance``).
     Returns the paths written.
     """
     pair_dirs = [Path(p) for p in pair_dirs]
@@ -506,7 +507,10 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
           "- `loss.png`: training and validation L1 per epoch."]
     if provenance:
         s += ["", "## Provenance", ""]
-        s += [f"- {k}: {_fmt(v)}" for k, v in provenance.items()]
+        s += [f"- {k}: {_fmt(v)}" for k, v in provenance.items() if not isinstance(v, pd.DataFrame)]
+        for k, v in provenance.items():
+            if isinstance(v, pd.DataFrame):
+                s += ["", f"{k[:1].upper()}{k[1:]}:", "", markdown_table(v)]
     return "\n".join(s) + "\n"
 
 
@@ -813,7 +817,9 @@ def _evaluate_pair_cli(args):
 
 
 def _report_cli(args):
-    provenance = {}
+    from .provenance import read_provenance, report_items
+
+    provenance = report_items(read_provenance(args.provenance_dir)) if args.provenance_dir else {}
     if args.provenance_json:
         path = Path(args.provenance_json)
         try:
@@ -849,6 +855,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--example", action="append", metavar="KEY=PATH",
                    help="example pair for example_pair.png (repeatable): target=, warp=, warped= and/or moving=, "
                         "optional uncertainty=, pair=NAME")
+    p.add_argument("--provenance-dir", type=Path, help="folder written by qs provenance (results/provenance): "
+                   "seed, config digest, versions and device in summary.md")
     p.add_argument("--provenance", action="append", metavar="KEY=VALUE", help="a line of provenance in summary.md (repeatable)")
     p.add_argument("--provenance-json", type=Path, help="JSON object of provenance lines for summary.md")
     p.add_argument("--no-paper-table", action="store_true", help="leave the paper's numbers out of summary.md and the figure")

@@ -6,6 +6,7 @@ rule report:
         pairs=expand(f"{R}/evaluate/{{pair}}/timing.tsv", pair=TEST_PAIRS),
         losses=[f"{R}/models/{m}/loss.tsv" for m in ("prediction", "correction") if m == "prediction" or config["train"]["correction"]],
         example=lambda w: [v for k, v in report_example().items() if k != "pair"],
+        provenance=rules.provenance.output,
     output:
         tables=[f"{R}/report/{name}" for name in REPORT_FILES],
         overlap=report(f"{R}/report/target_overlap.png", caption="../report/target_overlap.rst", category="Evaluation"),
@@ -16,7 +17,7 @@ rule report:
         pair_dirs=lambda w, input: " ".join(os.path.dirname(p) for p in input.pairs),
         losses=lambda w, input: " ".join(f"--loss {os.path.basename(os.path.dirname(p))}={p}" for p in input.losses),
         example=lambda w: " ".join(f"--example {k}={v}" for k, v in report_example().items()),
-        provenance=lambda w: f"--provenance seed={config['seed']} --provenance cohort={config['cohort']['source']}",
+        provenance=lambda w, input: f"--provenance-dir {os.path.dirname(input.provenance[0])}",
         out=lambda w, output: os.path.dirname(output.overlap),
     log:
         f"{LOGS}/report.log",
