@@ -17,7 +17,10 @@ On-disk format of one pair's training patches (:func:`write_pair_patches`):
 * ``NAME.json``: sidecar with patch size, stride, threshold, the grid shape,
   the starts of the kept patches and the sums needed for the momentum scale
   (``abs_sum`` of the momentum over all kept voxels and components,
-  ``n_values``), so training does not need a pass over the data to find it.
+  ``n_values``), so training does not need a pass over the data to find it,
+  and ``sha256``, the hash of the patch array's data (row by row, C order):
+  a training checkpoint records its sidecars' hashes, so it is continued only
+  on the same data.
 
 Intensity convention: the images are expected already normalised by the
 pre-processing (per image, intensities in ``[0, 1]``); patches are stored as
@@ -26,6 +29,7 @@ given, unscaled, and the sidecar records their minimum and maximum.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -193,12 +197,14 @@ def write_pair_patches(moving, target, momentum, out_path, patch: int = 15, stri
     starts = foreground_starts(moving, target, all_starts, patch, threshold)
     volumes = np.concatenate([moving[None], target[None], momentum], axis=0)
     abs_sum = [0.0, 0.0, 0.0]
+    digest = hashlib.sha256()
     with atomic_path(out_path) as tmp:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
                                         shape=(len(starts), len(CHANNELS), patch, patch, patch))
         for n, (i, j, k) in enumerate(starts):
             piece = volumes[:, i : i + patch, j : j + patch, k : k + patch]
             arr[n] = piece
+            digest.update(arr[n].tobytes())
             for c in range(3):
                 abs_sum[c] += float(np.abs(piece[2 + c], dtype=np.float64).sum())
         arr.flush()
@@ -218,6 +224,7 @@ def write_pair_patches(moving, target, momentum, out_path, patch: int = 15, stri
         "n_values": int(len(starts)) * patch**3,
         "image_min": float(min(moving.min(), target.min())),
         "image_max": float(max(moving.max(), target.max())),
+        "sha256": digest.hexdigest(),
     }
     side = write_text(json.dumps(info, indent=1) + "\n", sidecar_path(out_path))
     return out_path, side

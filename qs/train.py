@@ -5,10 +5,16 @@
 ``out_dir``:
 
 * ``checkpoint.pt``: after every epoch, atomically: weights, Adam state, the
-  torch RNG state(s), the epoch, the loss history and the settings. Read back
-  with ``torch.load(weights_only=True)`` (no arbitrary unpickling). A new call
-  with ``resume=True`` continues from it; the result is bit-identical to an
-  uninterrupted run on the same device and thread count.
+  torch RNG state(s), the epoch, the loss history and the settings (the
+  training options, the model metadata and a fingerprint of every patch
+  file's content). Read back with ``torch.load(weights_only=True)`` (no
+  arbitrary unpickling). A new call with ``resume`` continues from it when
+  the settings are the same (and says so: ``resuming from checkpoint ... at
+  epoch N``); the result is bit-identical to an uninterrupted run on the same
+  device and thread count. A checkpoint of other settings or data is never
+  continued: ``resume=True`` refuses it, ``resume="auto"`` (the ``qs train``
+  default, so that a pipeline rerun after a config change just works) says
+  so and starts over.
 * ``loss.tsv`` (``epoch, train_l1, val_l1, seconds``) and ``loss.png``.
 * ``model.safetensors`` (:func:`qs.model_io.save_model`) at the end.
 
@@ -30,6 +36,7 @@ restored afterwards. Validation pairs are drawn with ``default_rng(seed)``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -46,7 +53,7 @@ from tqdm import tqdm
 from .io import QsInputError, atomic_path, write_text
 from .model_io import KINDS, RUN_KEYS, save_model
 from .net import QuicksilverNet
-from .patches import PatchDataset, find_patch_files
+from .patches import PatchDataset, find_patch_files, sidecar_path
 
 CHECKPOINT_FORMAT = "qs-checkpoint-1"
 #: metadata the caller passes to :func:`train` (LDDMM settings, grid, modality)
@@ -128,6 +135,25 @@ def load_checkpoint(path, device="cpu") -> dict:
     return ck
 
 
+def _stderr(message: str) -> None:
+    print(f"qs train: {message}", file=sys.stderr, flush=True)
+
+
+def _fingerprint(patch_file) -> str:
+    """Content fingerprint of a patch file: hash of its sidecar (which holds the hash of the patches)."""
+    return hashlib.sha256(sidecar_path(patch_file).read_bytes()).hexdigest()[:20]
+
+
+def _settings_difference(old: str, new: str) -> str:
+    """The top-level settings that differ between two checkpoints' settings (JSON texts)."""
+    try:
+        a, b = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        return "format"
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    return ", ".join("patch files" if k == "files" else k for k in keys) or "none"
+
+
 def _rng_state(device: torch.device) -> dict:
     state = {"torch": torch.get_rng_state()}
     if device.type == "cuda":
@@ -155,9 +181,10 @@ def train(
     device="cpu",
     dropout: float = 0.2,
     val_fraction: float = 0.1,
-    resume: bool = True,
+    resume: bool | str = True,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = _stderr,
 ) -> Path:
     """Train the network on patch files; returns the path of ``out_dir/model.safetensors``.
 
@@ -169,7 +196,10 @@ def train(
     paper). ``on_batch(epoch, batch)`` is called after every optimiser step
     (monitoring, tests). With ``resume``, an existing checkpoint in
     ``out_dir`` from the same data and settings is continued up to
-    ``epochs``; one from other settings is an error.
+    ``epochs``; one from other data or settings (or with more epochs than
+    ``epochs``) is an error with ``resume=True`` and is replaced, starting
+    over, with ``resume="auto"``; ``resume=False`` always starts over.
+    ``log`` receives one-line messages (resume, start over); default stderr.
     """
     out_dir = Path(out_dir)
     missing = [k for k in TRAIN_META_KEYS if k not in meta]
@@ -181,6 +211,9 @@ def train(
         raise ValueError(f"train: epochs ({epochs}), batch_size ({batch_size}) and lr ({lr}) must be positive")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"train: val_fraction must be in [0, 1), got {val_fraction}")
+    if resume not in (True, False, "auto"):
+        raise ValueError(f"train: resume must be True, False or 'auto', got {resume!r}")
+    log = log or (lambda message: None)
     meta = _jsonable(meta)
     device = torch.device(device)
 
@@ -188,12 +221,14 @@ def train(
     ds = PatchDataset(files)
     if len(ds) == 0:
         raise QsInputError(f"train: the {len(files)} patch files hold no patches (all background?)")
+    for f in range(len(ds.files)):
+        ds._array(f)  # read every patch file's header now: a bad file is refused before anything is written
     train_idx, val_idx, train_files = split_validation(ds, val_fraction, seed)
     abs_mean = ds.abs_mean(train_files)
     scale = 1.0 / abs_mean if abs_mean > 0 else 1.0
 
     settings = {
-        "files": [[f.name, info["n_patches"]] for f, info in zip(ds.files, ds.info)],
+        "files": [[f.name, info["n_patches"], _fingerprint(f)] for f, info in zip(ds.files, ds.info)],
         "patch": ds.patch, "stride": ds.stride, "kind": kind, "features": int(features),
         "dropout": float(dropout), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
         "val_fraction": float(val_fraction), "meta": meta,
@@ -216,20 +251,17 @@ def train(
             model = QuicksilverNet(features, dropout, ds.patch).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             start, history = 0, []
-            if resume and ck_path.exists():
-                ck = load_checkpoint(ck_path, device)
-                if ck["settings"] != settings_text:
-                    raise QsInputError(
-                        f"{ck_path}: checkpoint was written for other data or settings; "
-                        "delete it or train with resume=False"
-                    )
-                if ck["epoch"] > epochs:
-                    raise QsInputError(f"{ck_path}: checkpoint has {ck['epoch']} epochs, more than the {epochs} asked")
+            ck = _usable_checkpoint(ck_path, settings_text, epochs, device, resume, log) if resume else None
+            if ck is not None:
                 model.load_state_dict(ck["model"])
                 opt.load_state_dict(ck["optimizer"])
                 _set_rng_state(ck["rng"], device)
                 start, history = int(ck["epoch"]), [list(h) for h in ck["history"]]
+                log(f"resuming from checkpoint {ck_path} at epoch {start} of {epochs}")
                 write_loss(history, out_dir)
+            else:
+                log(f"training {kind} network from scratch: {epochs} epochs, {len(train_idx)} training patches")
+            del ck
             for epoch in range(start + 1, epochs + 1):
                 history.append(_run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size,
                                           seed, device, progress, on_batch))
@@ -253,6 +285,36 @@ def train(
         final_train_l1=history[-1][1], final_val_l1=history[-1][2] if math.isfinite(history[-1][2]) else None,
     )
     return save_model(model.cpu().eval(), model_meta, out_dir / "model.safetensors")
+
+
+def _usable_checkpoint(ck_path: Path, settings_text: str, epochs: int, device, resume, log) -> dict | None:
+    """The checkpoint at ``ck_path`` if training may continue from it; None if there is none.
+
+    One that cannot be continued (other data or settings, more epochs than
+    asked, unreadable) is an error with ``resume=True``; with ``"auto"`` it
+    is reported through ``log`` and None is returned (start over).
+    """
+    if not ck_path.exists():
+        return None
+    try:
+        ck = load_checkpoint(ck_path, device)
+    except QsInputError as exc:
+        if resume is True:
+            raise
+        log(f"not resuming: {exc}")
+        return None
+    problem = None
+    if ck["settings"] != settings_text:
+        problem = (f"{ck_path}: checkpoint was written for other data or settings "
+                   f"(differs in: {_settings_difference(ck['settings'], settings_text)})")
+    elif ck["epoch"] > epochs:
+        problem = f"{ck_path}: checkpoint has {ck['epoch']} epochs, more than the {epochs} asked"
+    if problem is None:
+        return ck
+    if resume is True:
+        raise QsInputError(f"{problem}; delete it or train with resume=False")
+    log(f"not resuming: {problem}; starting over")
+    return None
 
 
 def _run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size, seed, device, progress,

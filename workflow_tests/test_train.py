@@ -167,6 +167,30 @@ def test_resume_refuses_other_settings(small_set, uninterrupted, tmp_path):
         train(small_set, full_dir, epochs=2, **TINY)
 
 
+def test_resume_is_logged_and_other_data_is_never_continued(small_set, uninterrupted, tmp_path):
+    _, full_model = uninterrupted
+    out, said = tmp_path / "run", []
+    train(small_set, out, epochs=1, log=said.append, **TINY)
+    assert len(said) == 1 and "from scratch" in said[0]
+    train(small_set, out, epochs=3, log=said.append, **TINY)
+    assert f"resuming from checkpoint {out / 'checkpoint.pt'} at epoch 1 of 3" in said[1]
+    # an upstream rerun (other LDDMM momenta): same file names and patch counts, other content
+    rng = np.random.default_rng(0)  # small_set's images, its momentum components permuted
+    other = [write_pair_patches(*(lambda m, t, p: (m, t, p[[1, 2, 0]]))(*make_pair(rng)), tmp_path / "other" / f"pair{p}.npy")[0]
+             for p in range(3)]
+    with pytest.raises(QsInputError, match=r"other data or settings \(differs in: patch files\)"):
+        train(other, out, epochs=3, **TINY)
+    said.clear()
+    path = train(other, out, epochs=3, resume="auto", log=said.append, **TINY)  # the qs train default
+    assert "not resuming" in said[0] and "starting over" in said[0] and "from scratch" in said[1]
+    fresh = train(other, tmp_path / "fresh", epochs=3, **TINY)
+    assert _same_weights(path, fresh) and not _same_weights(path, full_model)
+    # a finished checkpoint with more epochs than asked: auto starts over too
+    said.clear()
+    path = train(other, out, epochs=2, resume="auto", log=said.append, **TINY)
+    assert "more than the 2 asked" in said[0] and load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
 def test_train_checks_inputs(small_set, tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         train(small_set, tmp_path, **{**TINY, "meta": {"beta": 0.01}}, epochs=1)
