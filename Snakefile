@@ -5,7 +5,11 @@ Your cohort:    snakemake --cores all --config cohort='{source: sheet, sheet: su
                 (or edit config.yaml; every key is documented in schemas/config.schema.yaml)
 """
 
+import sys
+
 from snakemake.utils import min_version
+
+from qs.runlock import record_lock_owner, release_stale_lock
 
 min_version("9.0")
 
@@ -14,6 +18,15 @@ configfile: workflow.source_path("config.yaml")
 
 
 report: "report/workflow.rst"
+
+
+# Resume: the same command restarts a killed run (qs/runlock.py releases the lock it left behind).
+if workflow.is_main_process and (released := release_stale_lock()):
+    print(f"qs: {released}", file=sys.stderr)
+
+
+onstart:
+    record_lock_owner()
 
 
 include: "rules/common.smk"
@@ -30,6 +43,7 @@ include: "rules/lddmm.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
+include: "rules/provenance.smk"
 include: "rules/report.smk"
 
 

@@ -16,7 +16,7 @@ from .io import QsInputError, write_text
 
 
 #: modules that add their own subcommands through ``add_subcommands(subparsers)``
-STAGE_MODULES: tuple[str, ...] = ("predict", "register", "report")
+STAGE_MODULES: tuple[str, ...] = ("predict", "register", "report", "provenance")
 
 
 def _demo(args):
@@ -105,8 +105,8 @@ def _lddmm(args):
 
     summary = run_lddmm(
         args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
-        beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps, device=args.device,
-        seed=args.seed, progress=sys.stderr.isatty(),
+        beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps,
+        optimizer=args.optimizer, device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, default=str))
 
@@ -139,6 +139,7 @@ def _train(args):
         args.patches, args.out, meta=meta, kind=args.kind, features=args.features, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
         dropout=args.dropout, val_fraction=args.val_fraction, progress=sys.stderr.isatty(),
+        resume={"auto": "auto", "require": True, "never": False}[args.resume],
     )
     print(model)
 
@@ -245,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lddmm", help="LDDMM optimization of MOVING to TARGET (both on the working grid)")
     _add_pair_args(p, labels_help="moving label image, warped with nearest neighbour")
-    p.add_argument("--iterations", type=int, default=50)
+    p.add_argument("--iterations", type=int, default=50, help="energy evaluations (shootings)")
+    p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "gd", "gd-V"],
+                   help="lbfgs (default), gd (gradient descent, the original code's) or gd-V (in the metric of V)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_lddmm_params(p)
     p.set_defaults(func=_lddmm)
@@ -268,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modality", default="T1->T1", help="moving->target contrasts, e.g. T1->T2 (recorded in the model)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default="auto", choices=["auto", "require", "never"],
+                   help="OUT/checkpoint.pt of the same data and settings is continued (the log says so); one of "
+                        "other data or settings: auto = start over, require = error; never = always start over")
     _add_lddmm_params(p)
     p.set_defaults(func=_train)
 

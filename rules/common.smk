@@ -3,13 +3,22 @@
 import os
 import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from qs.cohort import demo_table, load_cohort, make_pairs
 from qs.io import QsInputError
+from qs.validate import config_error
 
 
-validate(config, schema="../schemas/config.schema.yaml")
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    if config_error(exc) is None:
+        raise
+    # the workflow's own config.yaml is read through Snakemake's source cache: show its name
+    sources = [os.path.basename(f) if "source-cache" in str(f) else f for f in workflow.configfiles]
+    sys.exit(config_error(exc, sources))
 
 R = config["results"]
 LOGS = f"{R}/logs"
@@ -61,8 +70,28 @@ if config["train"]["target_contrast"] == "T2" and not HAS_T2:
 
 
 def resources_of(stage):
-    """Resources of a stage from config (threads, mem_mb, runtime, gpu)."""
+    """Resources of a stage from config (threads, mem_mb, runtime, gpu, partition)."""
     return config[stage]["resources"]
+
+
+def job_resources(stage):
+    """The ``resources:`` of a stage's jobs, all from ``config[stage]["resources"]``.
+
+    ``mem_mb`` and ``runtime`` grow with the attempt, so that with ``--retries N`` a job
+    killed for memory or wall time is retried with 2x, 3x ...; ``cpus_per_task`` is the
+    rule's threads; ``gpu`` becomes ``--gpus`` on SLURM; ``slurm_partition`` is set only
+    when the stage names a partition (else the profile's or the cluster's default).
+    """
+    r = resources_of(stage)
+    out = {
+        "mem_mb": lambda wildcards, attempt: r["mem_mb"] * attempt,
+        "runtime": lambda wildcards, attempt: r["runtime"] * attempt,
+        "cpus_per_task": r["threads"],
+        "gpu": r["gpu"],
+    }
+    if r["partition"]:
+        out["slurm_partition"] = r["partition"]
+    return out
 
 
 def subject_file(kind):
@@ -220,6 +249,7 @@ def get_final_output():
     out += [preprocessed(s, "T1w.nii.gz") for s in SUBJECTS]
     out += [f"{R}/lddmm/{p}/summary.json" for p in PAIRS]
     out += [f"{R}/report/{name}" for name in REPORT_FILES]
+    out += [f"{R}/provenance/provenance.json"]
     return out
 
 

@@ -20,8 +20,7 @@ rule syn:
         f"{BENCH}/syn/{{pair}}.tsv"
     threads: resources_of("evaluate")["threads"]
     resources:
-        mem_mb=resources_of("evaluate")["mem_mb"],
-        runtime=resources_of("evaluate")["runtime"],
+        **job_resources("evaluate"),
     conda:
         "../envs/qs.yaml"
     shell:
@@ -43,9 +42,9 @@ rule evaluate_pair:
         out=lambda w, output: os.path.dirname(output.errors),
     log:
         f"{LOGS}/evaluate/{{pair}}.log",
+    threads: resources_of("evaluate")["threads"]
     resources:
-        mem_mb=resources_of("evaluate")["mem_mb"],
-        runtime=resources_of("evaluate")["runtime"],
+        **job_resources("evaluate"),
     conda:
         "../envs/qs.yaml"
     shell:

@@ -13,6 +13,7 @@ rule lddmm:
         labels=labels_flag,
         lddmm=lddmm_args(),
         iterations=config["lddmm"]["iterations"],
+        optimizer=config["lddmm"]["optimizer"],
         device=config["lddmm"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
@@ -22,12 +23,10 @@ rule lddmm:
         f"{BENCH}/lddmm/{{pair}}.tsv"
     threads: resources_of("lddmm")["threads"]
     resources:
-        mem_mb=resources_of("lddmm")["mem_mb"],
-        runtime=resources_of("lddmm")["runtime"],
-        gpu=resources_of("lddmm")["gpu"],
+        **job_resources("lddmm"),
     conda:
         "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs lddmm --moving {input.moving} --target {input.target} {params.labels} "
-        "--out {params.out} --iterations {params.iterations} {params.lddmm} --device {params.device} "
+        "--out {params.out} --iterations {params.iterations} --optimizer {params.optimizer} {params.lddmm} --device {params.device} "
         "--seed {params.seed} > {log} 2>&1"

@@ -26,9 +26,7 @@ rule predict:
         f"{BENCH}/predict/{{method}}/{{pair}}.tsv"
     threads: resources_of("predict")["threads"]
     resources:
-        mem_mb=resources_of("predict")["mem_mb"],
-        runtime=resources_of("predict")["runtime"],
-        gpu=resources_of("predict")["gpu"],
+        **job_resources("predict"),
     conda:
         "../envs/qs.yaml"
     shell:
@@ -60,9 +58,7 @@ rule predict_mc:
         f"{BENCH}/predict/predict-mc/{{pair}}.tsv"
     threads: resources_of("predict")["threads"]
     resources:
-        mem_mb=resources_of("predict")["mem_mb"],
-        runtime=resources_of("predict")["runtime"],
-        gpu=resources_of("predict")["gpu"],
+        **job_resources("predict"),
     conda:
         "../envs/qs.yaml"
     shell:

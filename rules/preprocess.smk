@@ -28,8 +28,7 @@ rule preprocess:
         f"{BENCH}/preprocess/{{subject}}.tsv"
     threads: resources_of("preprocess")["threads"]
     resources:
-        mem_mb=resources_of("preprocess")["mem_mb"],
-        runtime=resources_of("preprocess")["runtime"],
+        **job_resources("preprocess"),
     conda:
         "../envs/qs.yaml"
     shell:

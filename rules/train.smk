@@ -39,9 +39,7 @@ rule train_prediction:
         f"{BENCH}/train/prediction.tsv"
     threads: resources_of("train")["threads"]
     resources:
-        mem_mb=resources_of("train")["mem_mb"],
-        runtime=resources_of("train")["runtime"],
-        gpu=resources_of("train")["gpu"],
+        **job_resources("train"),
     conda:
         "../envs/qs.yaml"
     shell:
@@ -67,7 +65,7 @@ rule correction_patches:
         f"{LOGS}/patches_correction/{{pair}}.log",
     threads: resources_of("train")["threads"]
     resources:
-        gpu=resources_of("train")["gpu"],
+        **job_resources("train"),
     conda:
         "../envs/qs.yaml"
     shell:
@@ -93,9 +91,7 @@ rule train_correction:
         f"{BENCH}/train/correction.tsv"
     threads: resources_of("train")["threads"]
     resources:
-        mem_mb=resources_of("train")["mem_mb"],
-        runtime=resources_of("train")["runtime"],
-        gpu=resources_of("train")["gpu"],
+        **job_resources("train"),
     conda:
         "../envs/qs.yaml"
     shell:

@@ -1,5 +1,7 @@
 """Shared fixtures: small real NIfTI images and sheets written to tmp_path."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -7,6 +9,42 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "workflow_tests" / "config" / "tiny.yaml"
+
+
+def snakemake(*args, cwd):
+    """Run the workflow's Snakefile with working directory ``cwd``; ``.output`` is stdout + stderr."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    run.output = run.stdout + run.stderr
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One uninterrupted run of the whole DAG on the tiny config: (working directory, finished run).
+
+    Shared by the end-to-end test (test_workflow.py) and the resume tests (test_resume.py), which only
+    read it, so that CI runs the tiny workflow once for both.
+    """
+    cwd = tmp_path_factory.mktemp("tiny_run")
+    return cwd, snakemake("--cores", "2", "--configfile", str(TINY), cwd=cwd)
+
+
+def planned_jobs(output: str) -> dict[str, int]:
+    """Rule -> job count from the first "Job stats" table of a (dry) run's output; {} when nothing is to be done."""
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if line.split() == ["job", "count"]:
+            jobs = {}
+            for row in lines[i + 2:]:
+                parts = row.split()
+                if len(parts) != 2 or parts[0] == "total":
+                    break
+                jobs[parts[0]] = int(parts[1])
+            return jobs
+    return {}
+
 
 
 def write_nifti(path, data, affine=None, dtype=None):

@@ -9,16 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT
-
-TINY = ROOT / "workflow_tests" / "config" / "tiny.yaml"
-
-
-def snakemake(*args, cwd):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(cwd), *args]
-    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    run.output = run.stdout + run.stderr
-    return run
+from conftest import ROOT, TINY, planned_jobs, snakemake
 
 
 def test_lint_is_clean():
@@ -31,11 +22,10 @@ def test_default_config_plans_the_whole_dag():
     run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     out = run.stdout + run.stderr
-    plan = [("demo", 1), ("working_grid", 1), ("validate_subject", 8), ("preprocess", 8), ("lddmm", 10), ("patches", 8),
-            ("train_prediction", 1), ("correction_patches", 8), ("train_correction", 1), ("predict", 4), ("predict_mc", 2),
-            ("syn", 2), ("evaluate_pair", 2), ("report", 1)]
-    for rule, count in plan:
-        assert any(line.split() == [rule, str(count)] for line in out.splitlines()), out
+    plan = {"builtin_atlas": 1, "demo": 1, "working_grid": 1, "cohort_tables": 1, "validate_subject": 8, "preprocess": 8,
+            "lddmm": 10, "patches": 8, "train_prediction": 1, "correction_patches": 8, "train_correction": 1, "predict": 4,
+            "predict_mc": 2, "syn": 2, "evaluate_pair": 2, "provenance": 1, "report": 1, "all": 1}
+    assert planned_jobs(out) == plan, out
 
 
 def test_malformed_config_is_refused(tmp_path):
@@ -80,8 +70,8 @@ def test_multimodal_without_t2_is_refused(tmp_path, subject_files):
 
 
 @pytest.mark.slow
-def test_tiny_workflow_runs_the_whole_dag(tmp_path):
-    run = snakemake("--cores", "2", "--configfile", str(TINY), cwd=tmp_path)
+def test_tiny_workflow_runs_the_whole_dag(tiny_run):
+    tmp_path, run = tiny_run  # shared with test_resume.py (read only)
     assert run.returncode == 0, run.output[-6000:]
     res = tmp_path / "results"
     subjects = pd.read_csv(res / "cohort" / "subjects.tsv", sep="\t", keep_default_na=False)
@@ -114,6 +104,8 @@ def test_tiny_workflow_runs_the_whole_dag(tmp_path):
     assert list(timing.columns) == ["pair", "method", "seconds", "device"] and (timing["seconds"] > 0).all()
     for png in ("target_overlap.png", "deformation_error.png", "example_pair.png", "loss.png"):
         assert (report / png).stat().st_size > 10_000
+    prov = json.loads((res / "provenance" / "provenance.json").read_text())
+    assert prov["seed"] == 0 and prov["config_digest"][:16] in (report / "summary.md").read_text()
     lddmm = json.loads((res / "lddmm" / pairs["pair"][0] / "summary.json").read_text())
     assert lddmm["detj_min"] > 0 and lddmm["energy"] < lddmm["energy_initial"]
     # nothing half-written anywhere, and a second run has nothing to do
