@@ -106,7 +106,7 @@ def _lddmm(args):
     summary = run_lddmm(
         args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
         beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps,
-        optimizer=args.optimizer, device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
+        optimizer=args.optimizer, coarse_iterations=args.coarse_iterations, device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, default=str))
 
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=50, help="energy evaluations (shootings)")
     p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "gd", "gd-V"],
                    help="lbfgs (default), gd (gradient descent, the original code's) or gd-V (in the metric of V)")
+    p.add_argument("--coarse-iterations", type=int, default=0,
+                   help="evaluations on a grid twice as coarse first (coarse-to-fine; 0 = off)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_lddmm_params(p)
     p.set_defaults(func=_lddmm)

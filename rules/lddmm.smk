@@ -13,6 +13,7 @@ rule lddmm:
         labels=labels_flag,
         lddmm=lddmm_args(),
         iterations=config["lddmm"]["iterations"],
+        coarse_iterations=config["lddmm"]["coarse_iterations"],
         optimizer=config["lddmm"]["optimizer"],
         device=config["lddmm"]["device"],
         seed=config["seed"],
@@ -28,5 +29,6 @@ rule lddmm:
         "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs lddmm --moving {input.moving} --target {input.target} {params.labels} "
-        "--out {params.out} --iterations {params.iterations} --optimizer {params.optimizer} {params.lddmm} --device {params.device} "
+        "--out {params.out} --iterations {params.iterations} "
+        "--coarse-iterations {params.coarse_iterations} --optimizer {params.optimizer} {params.lddmm} --device {params.device} "
         "--seed {params.seed} > {log} 2>&1"
