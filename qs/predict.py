@@ -291,7 +291,7 @@ def warp_back(target: torch.Tensor, phi: torch.Tensor, spacing) -> torch.Tensor:
 
 
 def correction_inputs(moving, target, m0_opt, model, meta, *, stride=None, batch_size: int = 64, device="cpu",
-                      spacing=None, progress=False, compile=False):
+                      spacing=None, progress=False, compile="auto"):
     """Training data of the correction network for one pair.
 
     ``moving``, ``target`` ``(I, J, K)`` on one grid, ``m0_opt`` ``(3, I, J,
@@ -361,7 +361,7 @@ class _Welford:
 
 def predict_registration(model, meta, moving, target, *, spacing=None, correction=None, samples: int = 1,
                          seed: int = 0, stride=None, correction_stride=None, batch_size: int = 64, device="cpu",
-                         progress=None, compile=False) -> Prediction:
+                         progress=None, compile="auto") -> Prediction:
     """Predict (and correct) the LDDMM registration of ``moving`` to ``target`` (``(I, J, K)``, one grid).
 
     ``correction``: ``(model, meta)`` of the correction network or None.
@@ -515,7 +515,7 @@ def _check_spacing(img, path, meta, model_path):
 
 def run_predict(model_path, moving, target, out_dir, *, correction_model=None, samples: int = 1, device="auto",
                 batch_size: int = 64, seed: int = 0, labels=None, expect: dict | None = None, stride=None,
-                progress=None, compile=False) -> dict:
+                progress=None, compile="auto") -> dict:
     """``qs predict``: predict the registration of ``moving`` to ``target`` (files on one working grid).
 
     Writes the outputs listed in the module docstring under ``out_dir`` and
