@@ -286,6 +286,15 @@ class PatchDataset(torch.utils.data.Dataset):
             self._arrays[f] = arr
         return self._arrays[f]
 
+    def check_files(self) -> None:
+        """Open every patch file now (memory-mapped, header only) and check it against its sidecar.
+
+        Lets a caller refuse a bad file before it writes anything; otherwise
+        files are opened on first use.
+        """
+        for f in range(len(self.files)):
+            self._array(f)
+
     def __len__(self) -> int:
         return int(self.offsets[-1])
 

@@ -221,8 +221,7 @@ def train(
     ds = PatchDataset(files)
     if len(ds) == 0:
         raise QsInputError(f"train: the {len(files)} patch files hold no patches (all background?)")
-    for f in range(len(ds.files)):
-        ds._array(f)  # read every patch file's header now: a bad file is refused before anything is written
+    ds.check_files()  # a bad patch file is refused before anything is written
     train_idx, val_idx, train_files = split_validation(ds, val_fraction, seed)
     abs_mean = ds.abs_mean(train_files)
     scale = 1.0 / abs_mean if abs_mean > 0 else 1.0

@@ -49,9 +49,10 @@ def config_error(exc: BaseException, sources=()) -> str | None:
         try:
             validate(config, schema="../schemas/config.schema.yaml")
         except WorkflowError as exc:
-            if config_error(exc) is None:
+            message = config_error(exc, workflow.configfiles)
+            if message is None:
                 raise
-            sys.exit(config_error(exc, workflow.configfiles))
+            sys.exit(message)
     """
     err = exc
     for _ in range(4):  # the jsonschema error is the WorkflowError's context

@@ -14,11 +14,12 @@ from qs.validate import config_error
 try:
     validate(config, schema="../schemas/config.schema.yaml")
 except WorkflowError as exc:
-    if config_error(exc) is None:
-        raise
     # the workflow's own config.yaml is read through Snakemake's source cache: show its name
     sources = [os.path.basename(f) if "source-cache" in str(f) else f for f in workflow.configfiles]
-    sys.exit(config_error(exc, sources))
+    message = config_error(exc, sources)
+    if message is None:
+        raise
+    sys.exit(message)
 
 R = config["results"]
 LOGS = f"{R}/logs"
