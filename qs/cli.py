@@ -106,7 +106,8 @@ def _lddmm(args):
     summary = run_lddmm(
         args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
         beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps,
-        optimizer=args.optimizer, coarse_iterations=args.coarse_iterations, device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
+        optimizer=args.optimizer, coarse_iterations=args.coarse_iterations, similarity=args.similarity, window=args.window, device=args.device, seed=args.seed,
+        progress=sys.stderr.isatty(),
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, default=str))
 
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="lbfgs (default), gd (gradient descent, the original code's) or gd-V (in the metric of V)")
     p.add_argument("--coarse-iterations", type=int, default=0,
                    help="evaluations on a grid twice as coarse first (coarse-to-fine; 0 = off)")
+    p.add_argument("--similarity", default="ssd", choices=["ssd", "lncc"],
+                   help="image match: ssd (sum of squared differences, default) or lncc (local cross-correlation)")
+    p.add_argument("--window", type=int, default=5, help="lncc window (voxels, odd)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_lddmm_params(p)
     p.set_defaults(func=_lddmm)

@@ -15,6 +15,8 @@ rule lddmm:
         iterations=config["lddmm"]["iterations"],
         coarse_iterations=config["lddmm"]["coarse_iterations"],
         optimizer=config["lddmm"]["optimizer"],
+        similarity=config["lddmm"]["similarity"],
+        window=config["lddmm"]["window"],
         device=config["lddmm"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
@@ -30,5 +32,6 @@ rule lddmm:
     shell:
         "OMP_NUM_THREADS={threads} qs lddmm --moving {input.moving} --target {input.target} {params.labels} "
         "--out {params.out} --iterations {params.iterations} "
-        "--coarse-iterations {params.coarse_iterations} --optimizer {params.optimizer} {params.lddmm} --device {params.device} "
+        "--coarse-iterations {params.coarse_iterations} --optimizer {params.optimizer} "
+        "--similarity {params.similarity} --window {params.window} {params.lddmm} --device {params.device} "
         "--seed {params.seed} > {log} 2>&1"

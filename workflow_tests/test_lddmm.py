@@ -17,6 +17,7 @@ from qs.device import resolve_device
 from qs.io import QsInputError
 from qs.lddmm import (FluidKernel, Objective, Shooter, energy_autograd, identity, jacobian_determinant, register,
                       run_lddmm, warp_image, warp_labels)
+from qs.lddmm.gradient import local_ncc
 from qs.lddmm.multiscale import coarse_spacing, coarsen_image, refine_momentum
 from qs.transforms import itk_geometry, read_ants_displacement, write_ants_displacement
 
@@ -237,6 +238,52 @@ def test_optimize_rejects_unknown_method(recovery):
     I0, I1, _, _ = recovery
     with pytest.raises(ValueError, match="method must be one of lbfgs, gd, gd-V"):
         register(I0, I1, (2.0, 2.0, 2.0), iterations=1, method="adam", progress=False, compile=False)
+
+
+def test_local_ncc_ignores_local_intensity_maps():
+    """LNCC of a textured image with itself is 1, kept under a linear intensity map, nearly kept under a
+    smooth bias field, and small against independent noise; the window must be odd."""
+    texture = ndimage.gaussian_filter(np.random.default_rng(3).standard_normal((20, 22, 18)), 1.0)
+    a = torch.from_numpy(phantom((20, 22, 18)) + 0.5 * texture)  # no flat window
+    x = torch.linspace(-1, 1, 20, dtype=torch.float64)[:, None, None]
+    bias = torch.exp(0.15 * x).expand_as(a)
+    same = float(local_ncc(a, a, eps=1e-12))
+    assert same > 0.999
+    assert abs(float(local_ncc(a, 3.0 * a + 1.0, eps=1e-12)) - same) < 1e-6
+    assert float(local_ncc(a, a * bias, eps=1e-12)) > 0.95 * same
+    noise = torch.rand(a.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert float(local_ncc(a, noise, eps=1e-12)) < 0.1 * same
+    flat = torch.from_numpy(phantom((20, 22, 18))).double()
+    assert float(local_ncc(flat, flat)) < 0.8  # empty border and the default eps: flat windows count about 0
+    with pytest.raises(ValueError, match="window must be an odd number"):
+        local_ncc(a, a, window=4)
+
+
+def test_lncc_registration_is_robust_to_a_bias_field(recovery):
+    """The target is the known deformation of the phantom times a +-25% bias field and a contrast change.
+    SSD matches the intensity ramp by deforming (folds, error above the true displacement); LNCC ignores it:
+    no fold and a smaller error. Measured (30 iterations): SSD mean error 2.9 mm with det J min -0.9,
+    LNCC 1.5 mm with det J min 0.37, for a true displacement of mean 1.3 mm. (On this nearly flat phantom
+    LNCC recovers less than SSD does without bias, 1.1 vs 0.2 mm: its ``eps`` rewards contrast where the
+    target is flat; on the demo brains it raises the label overlap, see the README.)"""
+    I0, I1, u_true, _ = recovery
+    h = (2.0, 2.0, 2.0)
+    x = torch.linspace(-1, 1, I1.shape[0])[:, None, None]
+    biased = I1 * torch.exp(0.25 * x).expand_as(I1) * 0.7
+    mask = torch.from_numpy(ndimage.binary_dilation(I0.numpy() > 0.05, iterations=2))
+    err, detj = {}, {}
+    for sim in ("lncc", "ssd"):
+        res = register(I0, biased, h, iterations=30, similarity=sim, progress=False, compile=False)
+        err[sim] = float((res.phiinv - u_true).norm(dim=0)[mask].mean())
+        detj[sim] = res.summary["detj_min"]
+        assert res.summary["similarity"] == sim
+        energies = [r["energy"] for r in res.history]
+        assert all(b <= a for a, b in zip(energies, energies[1:])) and energies[-1] < energies[0]
+    assert detj["lncc"] > 0 and err["lncc"] < 0.7 * err["ssd"], (err, detj)
+    with pytest.raises(ValueError, match="similarity must be one of ssd, lncc"):
+        register(I0, I1, h, iterations=1, similarity="mi", progress=False, compile=False)
+    with pytest.raises(ValueError, match="window must be an odd number"):
+        register(I0, I1, h, iterations=1, similarity="lncc", window=4, progress=False, compile=False)
 
 
 def test_coarsen_and_refine_keep_a_linear_field():
