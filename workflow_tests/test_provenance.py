@@ -190,5 +190,6 @@ def test_provenance_of_the_folder_is_real(done):
     tiny = yaml.safe_load(TINY.read_text())
     assert prov["config"]["lddmm"]["iterations"] == tiny["lddmm"]["iterations"]
     assert prov["config"]["lddmm"]["resources"]["threads"] == tiny["lddmm"]["resources"]["threads"]
-    assert prov["config"]["lddmm"]["alpha"] == 0.01  # a default filled in by the schema
+    base = yaml.safe_load((ROOT / "config.yaml").read_text())
+    assert prov["config"]["lddmm"]["alpha"] == base["lddmm"]["alpha"]  # config.yaml's, under the tiny config
     assert prov["summary"]["workflow_dir"] == str(ROOT)
