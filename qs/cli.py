@@ -106,8 +106,8 @@ def _lddmm(args):
     summary = run_lddmm(
         args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
         beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps,
-        optimizer=args.optimizer, coarse_iterations=args.coarse_iterations, similarity=args.similarity, window=args.window, device=args.device, seed=args.seed,
-        progress=sys.stderr.isatty(),
+        optimizer=args.optimizer, coarse_iterations=args.coarse_iterations, similarity=args.similarity,
+        window=args.window, device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
     )
     print(json.dumps({k: v for k, v in summary.items() if k != "outputs"}, default=str))
 
@@ -174,6 +174,17 @@ def _add_lddmm_params(p):
     p.add_argument("--gamma", type=float, default=DEFAULTS["gamma"])
     p.add_argument("--sigma", type=float, default=0.2, help="noise level of the image match (images in [0, 1])")
     p.add_argument("--time-steps", type=int, default=10, help="RK4 steps of geodesic shooting")
+
+
+def _odd_int(text: str) -> int:
+    """argparse type: an odd integer >= 1 (a window centred on its voxel)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 1, got {text!r}") from None
+    if value < 1 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be an odd integer >= 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluations on a grid twice as coarse first (coarse-to-fine; 0 = off)")
     p.add_argument("--similarity", default="ssd", choices=["ssd", "lncc"],
                    help="image match: ssd (sum of squared differences, default) or lncc (local cross-correlation)")
-    p.add_argument("--window", type=int, default=5, help="lncc window (voxels, odd)")
+    p.add_argument("--window", type=_odd_int, default=5, help="lncc window (voxels, odd)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_lddmm_params(p)
     p.set_defaults(func=_lddmm)

@@ -63,4 +63,7 @@ def config_error(exc: BaseException, sources=()) -> str | None:
         return None
     key = err.json_path.removeprefix("$").lstrip(".") or "(top level)"
     files = ", ".join(str(s) for s in sources) or "--config"
-    return f"qs: error: config ({files}): {key}: {err.message}"
+    message = err.message
+    if err.validator == "not":  # jsonschema prints the negated sub-schema; the key's description says what is meant
+        message = f"{err.instance!r} is not allowed ({err.schema.get('description', 'see the schema')})"
+    return f"qs: error: config ({files}): {key}: {message}"

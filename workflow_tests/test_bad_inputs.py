@@ -352,6 +352,10 @@ def config_bad_choice(tmp):
     return config_file(tmp, "pairs:\n  mode: all-pairs\n")
 
 
+def config_even_window(tmp):
+    return config_file(tmp, "lddmm:\n  window: 4\n")
+
+
 def config_not_yaml(tmp):
     return config_file(tmp, "grid: {spacing: [2,\n")
 
@@ -437,6 +441,7 @@ CASES = [
     ("config-wrong-type", config_wrong_type, ["my_config.yaml", "train.epochs: 'ten' is not of type 'integer'"]),
     ("config-negative-value", config_negative_value, ["my_config.yaml", "lddmm.iterations: -5 is less than the minimum of 0"]),
     ("config-bad-choice", config_bad_choice, ["my_config.yaml", "pairs.mode: 'all-pairs' is not one of"]),
+    ("config-even-window", config_even_window, ["my_config.yaml", "lddmm.window: 4 is not allowed (lncc window (voxels, odd))"]),
     ("config-not-yaml", config_not_yaml, ["not valid JSON or YAML"]),
     # model files
     ("model-pickle-pt", model_pickle_pt, ["evil.pt", "not a valid safetensors", "torch.save zip archive", "unpickling can run code"]),

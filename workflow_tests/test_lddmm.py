@@ -286,6 +286,16 @@ def test_lncc_registration_is_robust_to_a_bias_field(recovery):
         register(I0, I1, h, iterations=1, similarity="lncc", window=4, progress=False, compile=False)
 
 
+def test_cli_refuses_an_even_window(capsys):
+    """``qs lddmm --window 4`` stops at the argument parser with one line, before any file is read."""
+    from qs.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["lddmm", "--moving", "m.nii.gz", "--target", "t.nii.gz", "--out", "o", "--window", "4"])
+    assert info.value.code == 2
+    assert "argument --window: must be an odd integer >= 1, got 4" in capsys.readouterr().err
+
+
 def test_coarsen_and_refine_keep_a_linear_field():
     """Block means of a ramp sit at the coarse centres; refining them gives the ramp back (interior)."""
     ramp = torch.arange(10.0).reshape(10, 1, 1).expand(10, 7, 6).contiguous()

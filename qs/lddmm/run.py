@@ -61,8 +61,9 @@ class RegistrationResult:
 def register(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: float = DEFAULTS["alpha"],
              beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"], power: int = DEFAULTS["power"],
              sigma: float = 0.2, time_steps: int = 10, step: float | None = None, method: str = "lbfgs",
-             pad: int = 0, m0=None, coarse_iterations: int = 0, similarity: str = "ssd",
-             window: int = 5, device="auto", compile="auto", dtype=torch.float32, seed: int = 0, progress: bool = True) -> RegistrationResult:
+             pad: int = 0, m0=None, coarse_iterations: int = 0, similarity: str = "ssd", window: int = 5,
+             device="auto", compile="auto", dtype=torch.float32, seed: int = 0,
+             progress: bool = True) -> RegistrationResult:
     """Register moving ``I0`` to target ``I1`` (3D arrays/tensors on one grid of ``spacing`` mm).
 
     Minimises ``E(m0)`` (:mod:`.gradient`) by :func:`.optimize.optimize` for
@@ -79,8 +80,8 @@ def register(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: fl
     if coarse_iterations < 0:
         raise ValueError(f"register: coarse_iterations must be >= 0, got {coarse_iterations}")
     t0 = time.perf_counter()
-    settings = dict(sigma=sigma, similarity=similarity, window=window, alpha=alpha, beta=beta, gamma=gamma, power=power, time_steps=time_steps, pad=pad,
-                    compile=compile, dtype=dtype, device=dev)
+    settings = dict(sigma=sigma, similarity=similarity, window=window, alpha=alpha, beta=beta, gamma=gamma,
+                    power=power, time_steps=time_steps, pad=pad, compile=compile, dtype=dtype, device=dev)
     obj = Objective(I0, I1, spacing, **settings)
     if m0 is not None:
         m0 = torch.as_tensor(m0, dtype=dtype, device=dev)
@@ -160,8 +161,8 @@ def write_registration(out_dir, affine, spacing, m0, phiinv, warped, *, labels=N
 def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT_ITERATIONS,
               alpha: float = DEFAULTS["alpha"], beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"],
               sigma: float = 0.2, time_steps: int = 10, step: float | None = None, optimizer: str = "lbfgs",
-              coarse_iterations: int = 0, similarity: str = "ssd", window: int = 5, device="auto", seed: int = 0, progress: bool = True, compile="auto",
-              pad: int = 0) -> dict:
+              coarse_iterations: int = 0, similarity: str = "ssd", window: int = 5, device="auto", seed: int = 0,
+              progress: bool = True, compile="auto", pad: int = 0) -> dict:
     """Register the image file ``moving`` to ``target`` and write the outputs under ``out_dir``.
 
     Both images (and ``labels``, on the moving grid) must already be on the
@@ -179,7 +180,8 @@ def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT
     h = grid_spacing(tgt)
     res = register(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), h, iterations=iterations, alpha=alpha,
                    beta=beta, gamma=gamma, sigma=sigma, time_steps=time_steps, step=step, method=optimizer, pad=pad,
-                   coarse_iterations=coarse_iterations, similarity=similarity, window=window, device=device, compile=compile, seed=seed, progress=progress)
+                   coarse_iterations=coarse_iterations, similarity=similarity, window=window, device=device,
+                   compile=compile, seed=seed, progress=progress)
     outputs = write_registration(out_dir, affine, h, res.m0, res.phiinv, res.warped, labels=lab)
     lines = ["iteration\tenergy\tmatching\tregularity\tseconds\tspacing_mm"]
     lines += [f"{r['iteration']}\t{r['energy']:.8g}\t{r['matching']:.8g}\t{r['regularity']:.8g}\t{r['seconds']:.3f}"
