@@ -139,7 +139,7 @@ def _train(args):
     model = train(
         args.patches, args.out, meta=meta, kind=args.kind, features=args.features, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
-        dropout=args.dropout, val_fraction=args.val_fraction, progress=sys.stderr.isatty(),
+        dropout=args.dropout, val_fraction=args.val_fraction, loss=args.loss, progress=sys.stderr.isatty(),
         resume={"auto": "auto", "require": True, "never": False}[args.resume],
     )
     print(model)
@@ -282,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--loss", default="l1", choices=["l1", "l2", "lowpass"],
+                   help="loss on the scaled momentum: l1 (paper), l2, lowpass (squared error of the smoothed difference)")
     p.add_argument("--dropout", type=float, default=0.2, help="0 = deterministic network (no MC dropout)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--spacing", type=float, required=True, help="working spacing in mm (recorded in the model)")

@@ -7,16 +7,17 @@ the training momenta were optimised with, so it stays diffeomorphic.
 
 Pieces (tensors; file I/O only in :func:`run_predict` and the CLI):
 
-* :func:`predict_momentum` -- the network over the **whole grid**: every
-  patch of the sliding window (:func:`qs.patches.patch_starts`, patch and
-  stride from the model), background patches included, overlaps averaged
+* :func:`predict_momentum` -- the network over the grid: the patches of the
+  sliding window (:func:`qs.patches.patch_starts`, patch and stride from the
+  model) that have foreground in either image, as in training
+  (:func:`qs.patches.foreground_starts` with the model's
+  ``background_threshold``, recorded by :func:`qs.train.train`; 0 for older
+  models, which keeps every patch that is not all zero), overlaps averaged
   (the same float64 sums as :func:`qs.patches.reassemble`), divided by the
-  model's ``momentum_scale``. Background: the network was trained on
-  foreground patches only, but an all-zero input patch gives a near-zero
-  output (LDDMM momenta vanish where the images are flat, and the training
-  patches hold plenty of flat background), and whatever is left is smoothed
-  away by the kernel ``K`` before it moves anything. Keeping them keeps every
-  voxel covered and the result independent of a threshold.
+  model's ``momentum_scale``. Voxels covered by no such patch get zero
+  momentum: the network never saw background patches, and the LDDMM momentum
+  vanishes where both images are flat. On the demo grid this skips about
+  half of the patches (half the network time).
 * :func:`shoot` -- EPDiff shooting (:class:`qs.lddmm.Shooter`) of a momentum
   with the model's LDDMM settings (``alpha, beta, gamma, time_steps``,
   ``power`` if recorded, else the engine's default) on the periodic grid
@@ -86,7 +87,7 @@ from tqdm import tqdm
 from .io import QsInputError, check_same_grid, load_image, load_labels, save_array, spacing as grid_spacing, write_text
 from .model_io import LDDMM_KEYS, check_expect, load_model
 from .net import MCDropout, enable_mc_dropout
-from .patches import patch_starts
+from .patches import foreground_starts, patch_starts
 
 #: the ``uncertainty`` map's definition (also in summary.json)
 UNCERTAINTY_DEFINITION = ("per voxel: sum over the 3 components of the variance (unbiased, S - 1) of the displacement "
@@ -170,13 +171,19 @@ def _predict_pass(model, meta, volumes: torch.Tensor, starts: np.ndarray, *, bat
     return (out / float(meta["momentum_scale"])).cpu()
 
 
+def prediction_starts(meta, moving, target, stride=None) -> np.ndarray:
+    """Corners of the patches the network predicts: the foreground patches of the sliding window."""
+    p = int(meta["patch"])
+    stride = int(meta["stride"] if stride is None else stride)
+    return foreground_starts(moving, target, patch_starts(moving.shape, p, stride), p,
+                             float(meta.get("background_threshold", 0.0)))
+
+
 def _prepare(model, meta, moving, target, stride, device):
     moving, target = _volume(moving, "moving"), _volume(target, "target")
     if moving.shape != target.shape:
         raise ValueError(f"moving {tuple(moving.shape)} and target {tuple(target.shape)} must have the same shape")
-    p = int(meta["patch"])
-    stride = int(meta["stride"] if stride is None else stride)
-    starts = patch_starts(moving.shape, p, stride)
+    starts = prediction_starts(meta, moving, target, stride)
     model.to(device).eval()
     return torch.stack([moving, target]), starts
 
@@ -210,7 +217,7 @@ def predict_momentum(model, meta, moving, target, *, stride=None, batch_size: in
                      samples: int = 1, seed: int = 0, progress=False):
     """Predict the initial momentum of the pair ``(moving, target)`` (``(I, J, K)`` images on one grid).
 
-    Runs the network on every patch of the grid (background included),
+    Runs the network on the grid's foreground patches (module docstring),
     averages overlaps and divides by ``meta['momentum_scale']``. Returns
     ``(mean_m0 (3, I, J, K), samples_m0)``: with ``samples = 1`` dropout is
     off and ``samples_m0`` is None; with ``samples > 1`` each of the
@@ -448,8 +455,7 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "seed": int(seed),
         "stride": int(meta["stride"] if stride is None else stride),
         "patch": int(meta["patch"]),
-        "n_patches": int(len(patch_starts(moving.shape, int(meta["patch"]),
-                                          int(meta["stride"] if stride is None else stride)))),
+        "n_patches": int(len(prediction_starts(meta, moving, target, stride))),
         "shape": list(moving.shape),
         "padded_shape": list(shooting.padded),
         "spacing": list(spacing),

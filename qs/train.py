@@ -56,6 +56,10 @@ from .net import QuicksilverNet
 from .patches import PatchDataset, find_patch_files, sidecar_path
 
 CHECKPOINT_FORMAT = "qs-checkpoint-1"
+#: training losses: ``l1`` (the paper's), ``l2`` (mean squared error), ``lowpass`` (squared error of the
+#: Gaussian-smoothed difference, LOWPASS_SIGMA voxels: the part of the momentum the kernel K keeps)
+LOSSES = ("l1", "l2", "lowpass")
+LOWPASS_SIGMA = 2.0
 #: metadata the caller passes to :func:`train` (LDDMM settings, grid, modality)
 TRAIN_META_KEYS = tuple(k for k in RUN_KEYS if k not in ("kind", "stride", "train_pairs", "train_patches",
                                                           "momentum_scale"))
@@ -182,6 +186,7 @@ def train(
     dropout: float = 0.2,
     val_fraction: float = 0.1,
     resume: bool | str = True,
+    loss: str = "l1",
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = _stderr,
@@ -211,6 +216,8 @@ def train(
         raise ValueError(f"train: epochs ({epochs}), batch_size ({batch_size}) and lr ({lr}) must be positive")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"train: val_fraction must be in [0, 1), got {val_fraction}")
+    if loss not in LOSSES:
+        raise ValueError(f"train: loss must be one of {LOSSES}, got {loss!r}")
     if resume not in (True, False, "auto"):
         raise ValueError(f"train: resume must be True, False or 'auto', got {resume!r}")
     log = log or (lambda message: None)
@@ -230,7 +237,7 @@ def train(
         "files": [[f.name, info["n_patches"], _fingerprint(f)] for f, info in zip(ds.files, ds.info)],
         "patch": ds.patch, "stride": ds.stride, "kind": kind, "features": int(features),
         "dropout": float(dropout), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
-        "val_fraction": float(val_fraction), "meta": meta,
+        "val_fraction": float(val_fraction), "meta": meta, "loss": loss,
     }
     settings_text = json.dumps(settings, sort_keys=True)
     ck_path = out_dir / "checkpoint.pt"
@@ -263,7 +270,7 @@ def train(
             del ck
             for epoch in range(start + 1, epochs + 1):
                 history.append(_run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size,
-                                          seed, device, progress, on_batch))
+                                          seed, device, progress, on_batch, loss))
                 ck = {
                     "format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": settings_text,
                     "model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -278,9 +285,10 @@ def train(
 
     model_meta = dict(meta)
     model_meta.update(
-        kind=kind, stride=ds.stride, train_pairs=len(train_files), train_patches=int(len(train_idx)),
+        kind=kind, stride=ds.stride, background_threshold=min(float(i.get("threshold", 0.0)) for i in ds.info),
+        train_pairs=len(train_files), train_patches=int(len(train_idx)),
         val_patches=int(len(val_idx)), momentum_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, loss="mean L1 of momentum * momentum_scale",
+        seed=seed, loss=loss,
         final_train_l1=history[-1][1], final_val_l1=history[-1][2] if math.isfinite(history[-1][2]) else None,
     )
     return save_model(model.cpu().eval(), model_meta, out_dir / "model.safetensors")
@@ -316,8 +324,50 @@ def _usable_checkpoint(ck_path: Path, settings_text: str, epochs: int, device, r
     return None
 
 
+def _gaussian_taps(sigma: float) -> torch.Tensor:
+    r = max(1, int(math.ceil(3 * sigma)))
+    t = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
+    return t / t.sum()
+
+
+def lowpass(x: torch.Tensor, sigma: float = LOWPASS_SIGMA) -> torch.Tensor:
+    """Gaussian smoothing (``sigma`` voxels) of patches ``(N, C, p, p, p)``, normalised at the patch border.
+
+    Separable, per channel; zero padding divided by the smoothed ones
+    (normalised convolution), so a constant patch stays constant up to its border.
+    """
+    taps = _gaussian_taps(sigma).to(x.device, x.dtype)
+    r = (len(taps) - 1) // 2
+    n, c = x.shape[:2]
+
+    def smooth(v):
+        v = v.reshape(-1, 1, *v.shape[2:])
+        for axis in range(3):
+            shape = [1, 1, 1, 1, 1]
+            shape[2 + axis] = len(taps)
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
+            v = F.conv3d(F.pad(v, pad), taps.reshape(shape))
+        return v
+
+    ones = torch.ones_like(x[:1, :1])
+    return (smooth(x) / smooth(ones)).reshape(n, c, *x.shape[2:])
+
+
+def momentum_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Training loss between scaled momentum patches (see :data:`LOSSES`)."""
+    if kind == "l1":
+        return F.l1_loss(pred, target)
+    if kind == "l2":
+        return F.mse_loss(pred, target)
+    if kind == "lowpass":
+        d = lowpass(pred - target)
+        return (d * d).mean()
+    raise ValueError(f"train: loss must be one of {LOSSES}, got {kind!r}")
+
+
 def _run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size, seed, device, progress,
-               on_batch) -> list:
+               on_batch, loss_kind="l1") -> list:
     t0 = time.perf_counter()
     order = train_idx[np.random.default_rng([seed, epoch]).permutation(len(train_idx))]
     n_batches = math.ceil(len(order) / batch_size)
@@ -329,13 +379,14 @@ def _run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_s
         for b in range(n_batches):
             x, y = ds.batch(order[b * batch_size : (b + 1) * batch_size])
             x, y = x.to(device), y.to(device) * scale
-            loss = F.l1_loss(model(x), y)
+            pred = model(x)
+            loss = momentum_loss(pred, y, loss_kind)
             if not torch.isfinite(loss):
                 raise RuntimeError(f"train: loss became {loss.item()} in epoch {epoch}, batch {b}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += loss.item() * y.numel()
+            total += (pred.detach() - y).abs().sum().item()
             count += y.numel()
             bar.update(1)
             bar.set_postfix(l1=f"{total / count / scale:.4g}", refresh=False)

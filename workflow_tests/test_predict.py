@@ -25,7 +25,7 @@ from qs.model_io import RUN_KEYS, load_model, save_model
 from qs.net import MCDropout, QuicksilverNet, enable_mc_dropout
 from qs.patches import extract_patches, patch_starts, reassemble, write_pair_patches
 from qs.predict import (Shooting, correction_inputs, iter_momentum_samples, load_models, predict_momentum,
-                        predict_registration, run_predict, warp_back)
+                        predict_registration, prediction_starts, run_predict, warp_back)
 from qs.transforms import read_ants_displacement
 
 SPACING = 6.0
@@ -180,7 +180,10 @@ def test_sanity_prediction_beats_zero_momentum_on_a_training_pair(trained):
 def test_one_sample_is_the_plain_prediction_with_dropout_off(trained):
     model, meta = load_model(trained["model"])
     mov, tgt = trained["images"]["sub-01"], trained["images"]["sub-02"]
-    starts = patch_starts(mov.shape, meta["patch"], meta["stride"])
+    assert meta["background_threshold"] == 0.15  # the patch files' threshold, recorded by training
+    every = patch_starts(mov.shape, meta["patch"], meta["stride"])
+    starts = prediction_starts(meta, mov, tgt)
+    assert 0 < len(starts) <= len(every)
     vol = torch.from_numpy(np.stack([mov, tgt]).astype(np.float32))
     with torch.no_grad():
         plain = reassemble(model.eval()(extract_patches(vol, starts, meta["patch"])), starts, mov.shape)
@@ -192,8 +195,28 @@ def test_one_sample_is_the_plain_prediction_with_dropout_off(trained):
     # the default batch size gives the same field up to rounding of the batched convolutions
     again, _ = predict_momentum(model, meta, mov, tgt)
     assert torch.allclose(again, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
-    # background patches are predicted too: every voxel is covered
+    # voxels of skipped (background) patches get zero momentum; foreground voxels are all covered
     assert mean.shape == (3, *mov.shape) and torch.isfinite(mean).all()
+    covered = np.zeros(mov.shape, bool)
+    for i, j, k in starts:
+        covered[i : i + meta["patch"], j : j + meta["patch"], k : k + meta["patch"]] = True
+    assert (mean[:, ~torch.from_numpy(covered)] == 0).all()
+    assert covered[(mov > 0.15) | (tgt > 0.15)].all()
+
+
+def test_background_patches_are_skipped(trained):
+    """Patches that are background in both images (the model's training threshold) are not predicted: zero there."""
+    model, meta = load_model(trained["model"])
+    pad = ((0, 0), (0, 0), (0, 3 * meta["stride"]))  # an empty slab along k, wider than two patches
+    mov, tgt = (np.pad(trained["images"][s], pad) for s in ("sub-01", "sub-02"))
+    every = patch_starts(mov.shape, meta["patch"], meta["stride"])
+    starts = prediction_starts(meta, mov, tgt)
+    assert len(starts) < len(every)
+    m, _ = predict_momentum(model, meta, mov, tgt)
+    assert (m[..., -2 * meta["stride"] :] == 0).all()  # the empty slab: nothing predicted
+    assert (m[..., : mov.shape[2] - 3 * meta["stride"]] != 0).any()
+    inner, _ = predict_momentum(model, meta, trained["images"]["sub-01"], trained["images"]["sub-02"])
+    assert inner.abs().max() > 0
 
 
 def test_mc_samples_are_seeded_and_differ(trained):

@@ -16,7 +16,7 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 from qs.io import QsInputError
 from qs.model_io import load_model
 from qs.patches import write_pair_patches
-from qs.train import load_checkpoint, train
+from qs.train import load_checkpoint, lowpass, momentum_loss, train
 
 META = dict(alpha=0.01, beta=0.01, gamma=0.001, time_steps=10, sigma=0.2, spacing=[1.0, 1.0, 1.0],
             modality="T1->T1")
@@ -191,7 +191,35 @@ def test_resume_is_logged_and_other_data_is_never_continued(small_set, uninterru
     assert "more than the 2 asked" in said[0] and load_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
+def test_lowpass_loss_keeps_smooth_errors_and_drops_checkerboards():
+    """The lowpass loss sees what the kernel K keeps: a constant or smooth error fully, a voxel checkerboard hardly."""
+    p = 15
+    constant = torch.ones(2, 3, p, p, p)
+    assert torch.allclose(lowpass(constant), constant, atol=1e-5)  # normalised at the patch border too
+    i = torch.arange(p)
+    checker = ((i[:, None, None] + i[None, :, None] + i[None, None, :]) % 2 * 2 - 1).float().expand(1, 3, p, p, p)
+    zero = torch.zeros_like(checker)
+    assert momentum_loss(checker, zero, "l2").item() == pytest.approx(1.0)
+    assert momentum_loss(checker, zero, "l1").item() == pytest.approx(1.0)
+    assert momentum_loss(checker, zero, "lowpass").item() < 1e-3
+    smooth = torch.sin(i / p * 3.0).float().expand(1, 3, p, p, p)
+    assert momentum_loss(smooth, zero, "lowpass").item() > 0.5 * momentum_loss(smooth, zero, "l2").item()
+    with pytest.raises(ValueError, match="loss must be one of"):
+        momentum_loss(smooth, zero, "huber")
+
+
+@pytest.mark.parametrize("loss", ["l2", "lowpass"])
+def test_other_losses_train_and_are_recorded(small_set, tmp_path, loss):
+    path = train(small_set, tmp_path, epochs=2, loss=loss, **TINY)
+    _, meta = load_model(path)
+    assert meta["loss"] == loss
+    history = pd.read_csv(tmp_path / "loss.tsv", sep="\t")
+    assert np.isfinite(history["train_l1"]).all() and np.isfinite(history["val_l1"]).all()
+
+
 def test_train_checks_inputs(small_set, tmp_path):
+    with pytest.raises(ValueError, match="loss must be one of"):
+        train(small_set, tmp_path, epochs=1, loss="huber", **TINY)
     with pytest.raises(ValueError, match="alpha"):
         train(small_set, tmp_path, **{**TINY, "meta": {"beta": 0.01}}, epochs=1)
     with pytest.raises(QsInputError, match="does not exist"):
