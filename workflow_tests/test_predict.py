@@ -24,8 +24,8 @@ from qs.lddmm import register, warp_image
 from qs.model_io import RUN_KEYS, load_model, save_model
 from qs.net import MCDropout, QuicksilverNet, enable_mc_dropout
 from qs.patches import extract_patches, patch_starts, reassemble, write_pair_patches
-from qs.predict import (Shooting, correction_inputs, iter_momentum_samples, load_models, predict_momentum,
-                        predict_registration, prediction_starts, run_predict, warp_back)
+from qs.predict import (COMPILE_MIN_SHOTS, Shooting, correction_inputs, iter_momentum_samples, load_models, predict_momentum,
+                        predict_registration, prediction_starts, run_predict, shooting_compile, warp_back)
 from qs.transforms import read_ants_displacement
 
 SPACING = 6.0
@@ -202,6 +202,13 @@ def test_one_sample_is_the_plain_prediction_with_dropout_off(trained):
         covered[i : i + meta["patch"], j : j + meta["patch"], k : k + meta["patch"]] = True
     assert (mean[:, ~torch.from_numpy(covered)] == 0).all()
     assert covered[(mov > 0.15) | (tgt > 0.15)].all()
+
+
+def test_shooting_is_compiled_only_for_many_shootings():
+    """Compiling costs seconds once: a plain prediction (1-2 shootings) stays eager, MC sampling compiles."""
+    assert shooting_compile("auto", 1) is False and shooting_compile("auto", 2) is False
+    assert shooting_compile("auto", COMPILE_MIN_SHOTS) == "auto"
+    assert shooting_compile(True, 1) is True and shooting_compile(False, 50) is False
 
 
 def test_background_patches_are_skipped(trained):

@@ -5,13 +5,19 @@ accepted, its gradient (one adjoint pass). Three update rules (``method``):
 
 * ``"gd"`` (the original Quicksilver code's rule):
   ``m0 <- m0 - eta * g`` with ``g = dE/dm0``. The momentum accumulates
-  kernel-smoothed gradients, so it stays smooth (a good regression target for
-  the prediction network) and the deformation is the smoothest that matches;
-  in our tests it recovers known deformations best.
+  kernel-smoothed gradients, so it stays smooth and the deformation is the
+  smoothest that matches; in our tests it recovers known deformations best.
+  Smooth is not local, though: such a momentum at a voxel depends on image
+  content a kernel width away, beyond a 15^3 patch (demo pair, 2 mm:
+  a 2-voxel Gaussian keeps 85% of its norm; gd-V's keeps 10%).
 * ``"gd-V"``: the gradient in the metric of the velocity space,
   ``m0 <- m0 - eta * L^p g`` (i.e. ``v0 <- v0 - eta * g``, Beg et al. 2005).
   Lowers the energy about twice as fast per iteration, but the momentum
   becomes edge-localised (rough) and folds come closer (smaller det J).
+  Its momentum is a sum of adjoint momenta (image gradient times a local
+  residual), local like the original code's training targets. On the demo
+  (LNCC, 40 evaluations) it reaches a lower energy than ``lbfgs`` with a
+  smaller velocity and the same label overlap (0.8499 vs 0.8497).
 * ``"lbfgs"`` (default): limited-memory BFGS (Nocedal & Wright, alg. 7.4) on the
   ``gd`` gradients, with a backtracking (Armijo) line search. Its directions
   are combinations of the smooth ``gd`` gradients, so the momentum stays as
