@@ -96,14 +96,16 @@ def main(argv=None) -> int:
         "predict-correct": (lambda out: predict(out, correction_model=correction)) if correction.exists() else None,
         "predict-mc": lambda out: predict(out, samples=args.samples),
         "lddmm": lambda out: run_lddmm(moving, target, out, labels=labels, iterations=lcfg["iterations"],
-                                       optimizer=lcfg.get("optimizer", "lbfgs"), device=args.device,
+                                       optimizer=lcfg.get("optimizer", "lbfgs"),
+                                       similarity=lcfg.get("similarity", "ssd"), window=lcfg.get("window", 5),
+                                       coarse_iterations=lcfg.get("coarse_iterations", 0), device=args.device,
                                        seed=config["seed"], progress=False, **kernel),
         "syn": None if args.no_syn else (lambda out: run_syn(moving, target, out, labels=labels,
                                                              seed=config["seed"], threads=args.threads)),
     }
     print(f"pair {pair} ({moving.name} -> {target.name}), grid spacing {config['grid']['spacing']} mm, "
           f"device {args.device}, {args.threads} threads, LDDMM {lcfg['iterations']} iterations "
-          f"({lcfg.get('optimizer', 'lbfgs')}), MC {args.samples} samples", flush=True)
+          f"({lcfg.get('optimizer', 'lbfgs')}, {lcfg.get('similarity', 'ssd')}), MC {args.samples} samples", flush=True)
     seconds: dict[str, float] = {}
     device = {}
     with tempfile.TemporaryDirectory(prefix="qs-bench-predict-") as tmp:
