@@ -18,13 +18,16 @@
 * ``loss.tsv`` (``epoch, train_l1, val_l1, seconds``) and ``loss.png``.
 * ``model.safetensors`` (:func:`qs.model_io.save_model`) at the end.
 
-Loss: mean absolute error over batch, voxels and components of the scaled
-momentum ``m0 * momentum_scale`` (``momentum_scale = 1 / mean |m0|`` over
-the training patches, stored in the model). The original code sums the L1
-over the batch; with Adam this differs only through Adam's epsilon. The
-values in ``loss.tsv`` are converted back to momentum units (mean |error|
-per voxel and component), ``train_l1`` averaged over the epoch's batches
-with dropout active, ``val_l1`` with dropout off after the epoch.
+Loss (``loss``, :data:`LOSSES`): by default (``l1``, the paper's) the mean
+absolute error over batch, voxels and components of the scaled momentum
+``m0 * momentum_scale`` (``momentum_scale = 1 / mean |m0|`` over the
+training patches, stored in the model); ``l2`` and ``lowpass`` are the
+alternatives :func:`momentum_loss` describes. The original code sums the L1
+over the batch; with Adam this differs only through Adam's epsilon. Whatever
+the loss, ``loss.tsv`` reports the L1 error converted back to momentum units
+(mean |error| per voxel and component), ``train_l1`` averaged over the
+epoch's batches with dropout active, ``val_l1`` with dropout off after the
+epoch, so runs with different losses compare.
 
 Determinism: weights initialised after ``torch.manual_seed(seed)``; the
 patch order of epoch ``e`` is a permutation drawn from
