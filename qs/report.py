@@ -71,7 +71,7 @@ _FOLDER_NAMES = {"predict+correct": "predict-correct"}
 PERCENTILE_COLUMNS = [f"p{p:g}" for p in PERCENTILES]
 DEFORMATION_COLUMNS = ["method", *PERCENTILE_COLUMNS, "detj_pos_pct"]
 DETJ_COLUMNS = ["pair", "method", "detj_min", "detj_max", "detj_pos", "detj_nonpos_voxels"]
-TIMING_COLUMNS = ["pair", "method", "seconds", "device"]
+TIMING_COLUMNS = ["pair", "method", "seconds", "device", "threads"]
 
 #: Yang et al. 2017, deformation error vs LDDMM optimization on OASIS (mm), det J > 0 (% of pairs)
 PAPER_DEFORMATION_ERROR = pd.DataFrame(
@@ -145,17 +145,21 @@ def read_summary(folder, method: str) -> dict:
 
 
 def timing_row(pair: str, method: str, summary: dict, *, source="summary.json") -> dict:
-    """A ``timing.tsv`` row from a summary: seconds under ``seconds`` (or ``time``...), ``device``.
+    """A ``timing.tsv`` row from a summary: seconds under ``seconds`` (or ``time``...), ``device``, ``threads``.
 
     SyN runs on the CPU (ANTs) and its summary has no device; a summary
-    without a time gives NaN seconds and a warning.
+    without a time gives NaN seconds and a warning. ``threads`` is the CPU
+    thread count the method ran with (torch's, or ITK's for SyN; 0 when the
+    summary does not say): CPU times on a 2-core machine depend on it.
     """
     seconds = next((summary[k] for k in _TIME_KEYS if isinstance(summary.get(k), (int, float))), None)
     if seconds is None:
         warnings.warn(f"{source}: no time ({', '.join(_TIME_KEYS)}) for {method} of {pair}", stacklevel=2)
         seconds = math.nan
     device = summary.get("device") or ("cpu" if method == "syn" else "unknown")
-    return {"pair": pair, "method": method, "seconds": float(seconds), "device": str(device)}
+    threads = summary.get("threads")
+    threads = int(threads) if isinstance(threads, (int, float)) and not isinstance(threads, bool) else 0
+    return {"pair": pair, "method": method, "seconds": float(seconds), "device": str(device), "threads": threads}
 
 
 def _grid_image(shape, affine) -> nib.Nifti1Image:
@@ -314,13 +318,14 @@ def mean_overlap_table(overlap: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing_table(timing: pd.DataFrame) -> pd.DataFrame:
-    """Per method: median and mean seconds per pair, the devices used, pairs, speed-up over LDDMM (median)."""
+    """Per method: median and mean seconds per pair, the devices and thread counts used, pairs, speed-up over LDDMM (median)."""
     out = []
     for m in _order(timing["method"]):
         g = timing[timing["method"] == m]
         out.append({"method": m, "median_s": g["seconds"].median(), "mean_s": g["seconds"].mean(),
-                    "device": ", ".join(sorted(set(g["device"].astype(str)))), "pairs": len(g)})
-    df = pd.DataFrame(out, columns=["method", "median_s", "mean_s", "device", "pairs"])
+                    "device": ", ".join(sorted(set(g["device"].astype(str)))),
+                    "threads": ", ".join(str(t) for t in sorted(set(g["threads"].astype(int)))), "pairs": len(g)})
+    df = pd.DataFrame(out, columns=["method", "median_s", "mean_s", "device", "threads", "pairs"])
     ref = df.loc[df["method"] == "lddmm", "median_s"]
     df["speedup_vs_lddmm"] = (float(ref.iloc[0]) / df["median_s"]) if len(ref) else math.nan
     return df

@@ -89,8 +89,8 @@ def tree(tmp_path_factory):
     save_array(_image(1), AFFINE, root / "pre/moving_T1w.nii.gz")
     pair_dirs, method_dirs = [], {}
     for p, pair in enumerate(PAIRS):
-        lddmm = _method_dir(root, pair, "lddmm", _const(LDDMM), 0, {"seconds": SECONDS["lddmm"], "device": "cpu", "detj_min": 1.0})
-        dirs = {"syn": _method_dir(root, pair, "syn", None, 2, {"method": "syn", "seconds": SECONDS["syn"]})}
+        lddmm = _method_dir(root, pair, "lddmm", _const(LDDMM), 0, {"seconds": SECONDS["lddmm"], "device": "cpu", "threads": 2, "detj_min": 1.0})
+        dirs = {"syn": _method_dir(root, pair, "syn", None, 2, {"method": "syn", "seconds": SECONDS["syn"], "threads": 1})}
         for m, offsets in OFFSET.items():
             disp = _fold() if offsets[p] == "fold" else _const(LDDMM + np.asarray(offsets[p]))
             # the summary's det J is wrong on purpose: evaluate_pair must compute its own
@@ -124,7 +124,7 @@ def test_contract_columns_exactly(tree):
     assert list(_tsv(rep / "deformation_error.tsv").columns) == DEFORMATION_COLUMNS
     assert DEFORMATION_COLUMNS == ["method", "p0.3", "p5", "p25", "p50", "p75", "p95", "p99.7", "detj_pos_pct"]
     assert list(_tsv(rep / "target_overlap.tsv").columns) == OVERLAP_COLUMNS == ["pair", "method", "label", "target_overlap", "dice"]
-    assert list(_tsv(rep / "timing.tsv").columns) == ["pair", "method", "seconds", "device"]
+    assert list(_tsv(rep / "timing.tsv").columns) == ["pair", "method", "seconds", "device", "threads"]
 
 
 def test_percentiles_have_the_known_values(tree):
@@ -181,6 +181,8 @@ def test_timing_rows(tree):
     t = df[df.pair == PAIRS[0]].set_index("method")
     assert t["seconds"].to_dict() == pytest.approx(SECONDS)
     assert t.loc["syn", "device"] == "cpu" and t.loc["predict", "device"] == "cuda:0"
+    # thread counts from the summaries; 0 where a summary does not say
+    assert t["threads"].to_dict() == {"lddmm": 2, "syn": 1, "predict": 0, "predict+correct": 0, "predict-mc": 0}
 
 
 def test_figures_written_and_not_blank(tree):
