@@ -122,9 +122,17 @@ def _patches(args):
     target = load_image(args.target, what="target image")
     check_same_grid(moving, target, args.moving, args.target)
     m0 = load_momentum(args.momentum, moving, args.moving)
+    if args.field != "momentum":
+        import torch
+
+        from .fields import to_field
+        from .io import spacing
+
+        kernel = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps}
+        m0 = to_field(torch.from_numpy(np.asarray(m0, np.float32)), args.field, spacing(moving), kernel).numpy()
     write_pair_patches(
         np.asarray(moving.dataobj), np.asarray(target.dataobj), m0, args.out,
-        patch=args.patch, stride=args.stride, threshold=args.threshold, pair=args.pair,
+        patch=args.patch, stride=args.stride, threshold=args.threshold, pair=args.pair, field=args.field,
     )
 
 
@@ -164,6 +172,8 @@ def add_patch_args(p):
     p.add_argument("--patch", type=int, default=15)
     p.add_argument("--stride", type=int, default=14)
     p.add_argument("--threshold", type=float, default=0.0, help="a patch is background when all voxels are <= this in both images")
+    p.add_argument("--field", default="momentum", choices=["momentum", "velocity"],
+                   help="what the network learns: the momentum m0 (the paper's best) or the velocity v0 = K m0")
 
 
 def _add_lddmm_params(p):
@@ -272,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("patches", help="training patches (moving, target, momentum) of one pair")
     add_patch_args(p)
+    _add_lddmm_params(p)  # the kernel K of --field velocity
     p.set_defaults(func=_patches)
 
     p = sub.add_parser("train", help="train the prediction or correction network on patch files")

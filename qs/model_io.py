@@ -5,8 +5,10 @@ entry, ``"qs"``: a JSON object with everything needed to use the weights
 (:data:`REQUIRED_KEYS`):
 
 * network: ``architecture``, ``patch``, ``stride``, ``features``, ``dropout``;
-* normalisation: ``momentum_scale`` (the net predicts ``m0 * momentum_scale``),
-  ``intensity`` (a description of the input convention);
+* normalisation: ``momentum_scale`` (the net predicts ``m0 * momentum_scale``,
+  or ``v0 * momentum_scale`` for a model whose optional ``field`` is
+  ``velocity``, :mod:`qs.fields`), ``intensity`` (a description of the
+  input convention);
 * LDDMM kernel and shooting: ``alpha``, ``beta``, ``gamma``, ``time_steps``,
   ``sigma``; working grid ``spacing`` (mm, 3 values); ``modality``
   (e.g. ``"T1->T1"``);
@@ -33,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import __version__
+from .fields import field_of
 from .io import QsInputError, atomic_path
 from .net import QuicksilverNet
 
@@ -149,6 +152,10 @@ def _read(path, *, tensors: bool):
         raise QsInputError(f"{path}: model metadata lacks {', '.join(missing)}")
     if meta["architecture"] != ARCHITECTURE:
         raise QsInputError(f"{path}: architecture {meta['architecture']!r}, expected {ARCHITECTURE!r}")
+    try:
+        field_of(meta)
+    except ValueError as exc:
+        raise QsInputError(f"{path}: model metadata: {exc}") from None
     return meta, weights
 
 

@@ -11,12 +11,15 @@ On-disk format of one pair's training patches (:func:`write_pair_patches`):
 
 * ``NAME.npy``: float32 array ``(P, 5, p, p, p)``, channels
   ``moving, target, m0_i, m0_j, m0_k`` (the momentum components along the
-  voxel axes, in the units of the LDDMM momentum). Plain ``.npy`` so that it
+  voxel axes, in the units of the LDDMM momentum) or, for patches of the
+  velocity (``field: velocity``, :mod:`qs.fields`), ``moving, target, v0_i,
+  v0_j, v0_k`` (mm per unit time). Plain ``.npy`` so that it
   can be memory-mapped (:class:`PatchDataset`); a training set larger than
   memory is read patch by patch through the page cache.
 * ``NAME.json``: sidecar with patch size, stride, threshold, the grid shape,
-  the starts of the kept patches and the sums needed for the momentum scale
-  (``abs_sum`` of the momentum over all kept voxels and components,
+  the starts of the kept patches, the ``field`` (``momentum`` when absent),
+  and the sums needed for the output scale
+  (``abs_sum`` of the field over all kept voxels and components,
   ``n_values``), so training does not need a pass over the data to find it,
   and ``sha256``, the hash of the patch array's data (row by row, C order):
   a training checkpoint records its sidecars' hashes, so it is continued only
@@ -36,10 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .fields import FIELD_CHANNELS, check_field, field_of
 from .io import QsInputError, atomic_path, write_text
 
 PATCH_FORMAT = "qs-patches-1"
-CHANNELS = ("moving", "target", "m0_i", "m0_j", "m0_k")
+CHANNELS = ("moving", "target", *FIELD_CHANNELS["momentum"])
 
 
 def _axis_starts(n: int, patch: int, stride: int) -> list[int]:
@@ -172,17 +176,20 @@ def sidecar_path(patch_file) -> Path:
 
 
 def write_pair_patches(moving, target, momentum, out_path, patch: int = 15, stride: int = 14,
-                       threshold: float = 0.0, *, pair: str | None = None) -> tuple[Path, Path]:
+                       threshold: float = 0.0, *, pair: str | None = None, field: str = "momentum") -> tuple[Path, Path]:
     """Write one pair's training patches (``out_path``, ``.npy``) and its JSON sidecar.
 
     ``moving`` and ``target`` are ``(I, J, K)`` images on the working grid
     (normalised by the pre-processing), ``momentum`` is ``(3, I, J, K)`` (the
     LDDMM initial momentum, or the residual momentum for the correction
-    network). Patches background in both images are dropped
-    (:func:`foreground_starts`). The array is filled through a memory map, so
-    only the volumes and one patch are in memory. Returns both paths.
+    network; with ``field="velocity"`` the velocity of it,
+    :func:`qs.fields.to_field`, which the caller computes). Patches
+    background in both images are dropped (:func:`foreground_starts`). The
+    array is filled through a memory map, so only the volumes and one patch
+    are in memory. Returns both paths.
     """
     out_path = Path(out_path)
+    check_field(field)
     if out_path.suffix != ".npy":
         raise ValueError(f"write_pair_patches: out_path must end in .npy, got {out_path}")
     moving = _as_numpy(moving, "moving image")
@@ -212,7 +219,8 @@ def write_pair_patches(moving, target, momentum, out_path, patch: int = 15, stri
     info = {
         "format": PATCH_FORMAT,
         "pair": pair if pair is not None else out_path.name[: -len(".npy")],
-        "channels": list(CHANNELS),
+        "channels": ["moving", "target", *FIELD_CHANNELS[field]],
+        "field": field,
         "patch": int(patch),
         "stride": int(stride),
         "threshold": float(threshold),
@@ -248,9 +256,10 @@ class PatchDataset(torch.utils.data.Dataset):
     """Training patches of many pairs, read lazily from memory-mapped ``.npy`` files.
 
     Item ``n`` is ``(x, y)``: ``x`` the images ``(2, p, p, p)`` (moving,
-    target) and ``y`` the momentum ``(3, p, p, p)``, float32 tensors.
-    :meth:`batch` gathers many items at once (sorted reads per file).
-    All files must share patch size and stride.
+    target) and ``y`` the momentum (or velocity: :attr:`field`)
+    ``(3, p, p, p)``, float32 tensors. :meth:`batch` gathers many items at
+    once (sorted reads per file). All files must share patch size, stride
+    and field.
     """
 
     def __init__(self, files):
@@ -260,6 +269,15 @@ class PatchDataset(torch.utils.data.Dataset):
         self.info = [read_sidecar(f) for f in self.files]
         self.patch = self.info[0]["patch"]
         self.stride = self.info[0]["stride"]
+        try:
+            fields = [field_of(info) for info in self.info]
+        except ValueError as exc:
+            raise QsInputError(f"patch sidecar: {exc}") from None
+        self.field = fields[0]
+        for f, field in zip(self.files, fields):
+            if field != self.field:
+                raise QsInputError(f"{f}: holds the {field} but {self.files[0].name} the {self.field}; "
+                                   "extract all pairs with the same field")
         for f, info in zip(self.files, self.info):
             if (info["patch"], info["stride"]) != (self.patch, self.stride):
                 raise QsInputError(
@@ -324,7 +342,7 @@ class PatchDataset(torch.utils.data.Dataset):
         return data[:, :2], data[:, 2:]
 
     def abs_mean(self, file_indices=None) -> float:
-        """Mean |momentum| over all values of the given files (from the sidecars)."""
+        """Mean |field| (momentum or velocity) over all values of the given files (from the sidecars)."""
         idx = range(len(self.files)) if file_indices is None else file_indices
         total = sum(sum(self.info[i]["abs_sum"]) for i in idx)
         count = sum(3 * self.info[i]["n_values"] for i in idx)

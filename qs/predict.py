@@ -17,7 +17,10 @@ Pieces (tensors; file I/O only in :func:`run_predict` and the CLI):
   model's ``momentum_scale``. Voxels covered by no such patch get zero
   momentum: the network never saw background patches, and the LDDMM momentum
   vanishes where both images are flat. On the demo grid this skips about
-  half of the patches (half the network time).
+  half of the patches (half the network time). A model trained on the
+  velocity (``field: velocity``, :mod:`qs.fields`) predicts ``v0`` this way
+  (zero outside the covered patches), then ``m0 = L v0``; everything
+  downstream (correction, MC dropout, shooting) sees momenta.
 * :func:`shoot` -- EPDiff shooting (:class:`qs.lddmm.Shooter`) of a momentum
   with the model's LDDMM settings (``alpha, beta, gamma, time_steps``,
   ``power`` if recorded, else the engine's default) on the periodic grid
@@ -84,6 +87,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .fields import field_of, kernel_settings, to_field, to_momentum
 from .io import QsInputError, check_same_grid, load_image, load_labels, save_array, spacing as grid_spacing, write_text
 from .model_io import LDDMM_KEYS, check_expect, load_model
 from .net import MCDropout, enable_mc_dropout
@@ -121,16 +125,6 @@ def _volume(x, name: str) -> torch.Tensor:
     return t.detach().to("cpu", torch.float32)
 
 
-def kernel_settings(meta: dict) -> dict:
-    """The LDDMM kernel and shooting settings of a model: ``alpha, beta, gamma, power, time_steps``."""
-    from .lddmm import DEFAULTS
-
-    return {
-        "alpha": float(meta["alpha"]), "beta": float(meta["beta"]), "gamma": float(meta["gamma"]),
-        "power": int(meta.get("power", DEFAULTS["power"])), "time_steps": int(meta["time_steps"]),
-    }
-
-
 def _sample_seed(seed: int, stream: int, s: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(stream), int(s)]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -146,11 +140,13 @@ def _has_dropout(model) -> bool:
 
 def _predict_pass(model, meta, volumes: torch.Tensor, starts: np.ndarray, *, batch_size: int, device, progress,
                   desc: str) -> torch.Tensor:
-    """One pass of the network over the patches at ``starts``; overlaps averaged; ``/ momentum_scale``.
+    """One pass of the network over the patches at ``starts``: the momentum ``(3, I, J, K)``, CPU float32.
 
-    Accumulates like :func:`qs.patches.reassemble` (float64 sums in patch
-    order, then divided by the counts), patch batches streamed so that only
-    one batch of patches is in memory.
+    Overlaps averaged like :func:`qs.patches.reassemble` (float64 sums in
+    patch order, then divided by the counts), patch batches streamed so that
+    only one batch of patches is in memory; ``/ momentum_scale``; a model
+    that predicts the velocity has it turned into the momentum
+    (:func:`qs.fields.to_momentum`, the grid's spacing from the model).
     """
     p = int(meta["patch"])
     shape = tuple(volumes.shape[1:])
@@ -168,7 +164,8 @@ def _predict_pass(model, meta, volumes: torch.Tensor, starts: np.ndarray, *, bat
                 cnt[i : i + p, j : j + p, k : k + p] += 1
             bar.update(1)
     out = torch.where(cnt > 0, acc / cnt.clamp_min(1), torch.zeros_like(acc)).to(torch.float32)
-    return (out / float(meta["momentum_scale"])).cpu()
+    out = out / float(meta["momentum_scale"])
+    return to_momentum(out, field_of(meta), meta["spacing"], meta).cpu()
 
 
 def prediction_starts(meta, moving, target, stride=None) -> np.ndarray:
@@ -594,12 +591,14 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, s
 
 def run_correction_patches(model_path, moving, target, momentum, out, *, patch: int = 15, stride: int = 14,
                            threshold: float = 0.0, pair=None, device="auto", batch_size: int = 64,
-                           expect: dict | None = None, progress=None):
+                           expect: dict | None = None, progress=None, field: str = "momentum"):
     """``qs correction-patches``: the correction network's training patches of one pair.
 
     ``(moving, I1 o phi_1, m0 - m_pred)`` (:func:`correction_inputs`) written
     with :func:`qs.patches.write_pair_patches`; ``momentum`` is the pair's
-    LDDMM ``m0.nii.gz``. Returns the ``(npy, json)`` paths.
+    LDDMM ``m0.nii.gz``; with ``field="velocity"`` the residual's velocity
+    ``K (m0 - m_pred)`` (the prediction model's kernel). Returns the
+    ``(npy, json)`` paths.
     """
     from .io import load_momentum
     from .patches import write_pair_patches
@@ -614,7 +613,9 @@ def run_correction_patches(model_path, moving, target, momentum, out, *, patch: 
     mv, back, resid = correction_inputs(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), m0, model, meta,
                                         batch_size=batch_size, device=dev, spacing=grid_spacing(tgt),
                                         progress=_progress(progress))
-    return write_pair_patches(mv, back, resid, out, patch=patch, stride=stride, threshold=threshold, pair=pair)
+    resid = to_field(resid, field, grid_spacing(tgt), meta)
+    return write_pair_patches(mv, back, resid, out, patch=patch, stride=stride, threshold=threshold, pair=pair,
+                              field=field)
 
 
 # --------------------------------------------------------------------------
@@ -651,7 +652,7 @@ def _correction_patches(args):
     npy, _ = run_correction_patches(
         args.model, args.moving, args.target, args.momentum, args.out, patch=args.patch, stride=args.stride,
         threshold=args.threshold, pair=args.pair, device=args.device, batch_size=args.batch_size,
-        expect=expect_from_args(args),
+        expect=expect_from_args(args), field=args.field,
     )
     print(npy)
 

@@ -21,10 +21,11 @@
 Loss (``loss``, :data:`LOSSES`): by default (``l1``, the paper's) the mean
 absolute error over batch, voxels and components of the scaled momentum
 ``m0 * momentum_scale`` (``momentum_scale = 1 / mean |m0|`` over the
-training patches, stored in the model); ``l2`` and ``lowpass`` are the
+training patches, stored in the model; for patches of the velocity,
+:mod:`qs.fields`, the same with ``v0``: the model records ``field``); ``l2`` and ``lowpass`` are the
 alternatives :func:`momentum_loss` describes. The original code sums the L1
 over the batch; with Adam this differs only through Adam's epsilon. Whatever
-the loss, ``loss.tsv`` reports the L1 error converted back to momentum units
+the loss, ``loss.tsv`` reports the L1 error converted back to the field's units
 (mean |error| per voxel and component), ``train_l1`` averaged over the
 epoch's batches with dropout active, ``val_l1`` with dropout off after the
 epoch, so runs with different losses compare.
@@ -104,8 +105,8 @@ def split_validation(ds: PatchDataset, val_fraction: float, seed: int) -> tuple[
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), [0]
 
 
-def write_loss(history: list, out_dir: Path) -> None:
-    """Write ``loss.tsv`` and ``loss.png`` from the per-epoch history."""
+def write_loss(history: list, out_dir: Path, field: str = "momentum") -> None:
+    """Write ``loss.tsv`` and ``loss.png`` from the per-epoch history (errors of the ``field``)."""
     lines = ["epoch\ttrain_l1\tval_l1\tseconds"]
     lines += [f"{int(e)}\t{tr:.6g}\t{va:.6g}\t{s:.3f}" for e, tr, va, s in history]
     write_text("\n".join(lines) + "\n", out_dir / "loss.tsv")
@@ -120,7 +121,7 @@ def write_loss(history: list, out_dir: Path) -> None:
             ax.plot(e, [h[2] for h in history], "s-", label="validation")
         ax.legend()
     ax.set_xlabel("epoch")
-    ax.set_ylabel("mean |m0 error| (momentum units)")
+    ax.set_ylabel("mean |m0 error| (momentum units)" if field == "momentum" else "mean |v0 error| (mm)")
     ax.set_title("Quicksilver training loss")
     fig.tight_layout()
     with atomic_path(out_dir / "loss.png") as tmp:
@@ -267,7 +268,7 @@ def train(
                 _set_rng_state(ck["rng"], device)
                 start, history = int(ck["epoch"]), [list(h) for h in ck["history"]]
                 log(f"resuming from checkpoint {ck_path} at epoch {start} of {epochs}")
-                write_loss(history, out_dir)
+                write_loss(history, out_dir, ds.field)
             else:
                 log(f"training {kind} network from scratch: {epochs} epochs, {len(train_idx)} training patches")
             del ck
@@ -281,7 +282,7 @@ def train(
                 }
                 with atomic_path(ck_path) as tmp:
                     torch.save(ck, tmp)
-                write_loss(history, out_dir)
+                write_loss(history, out_dir, ds.field)
     finally:
         torch.use_deterministic_algorithms(det_before, warn_only=det_warn_before)
         torch.backends.cudnn.benchmark = bench_before
@@ -291,7 +292,7 @@ def train(
         kind=kind, stride=ds.stride, background_threshold=min(float(i.get("threshold", 0.0)) for i in ds.info),
         train_pairs=len(train_files), train_patches=int(len(train_idx)),
         val_patches=int(len(val_idx)), momentum_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr,
-        seed=seed, loss=loss,
+        seed=seed, loss=loss, field=ds.field,
         final_train_l1=history[-1][1], final_val_l1=history[-1][2] if math.isfinite(history[-1][2]) else None,
     )
     return save_model(model.cpu().eval(), model_meta, out_dir / "model.safetensors")

@@ -13,6 +13,8 @@ rule patches:
         patch=config["train"]["patch"],
         stride=config["train"]["stride"],
         threshold=config["train"]["background_threshold"],
+        field=config["train"]["field"],
+        lddmm=lddmm_args(),
     log:
         f"{LOGS}/patches/{{pair}}.log",
     conda:
@@ -20,7 +22,7 @@ rule patches:
     shell:
         "qs patches --moving {input.moving} --target {input.target} --momentum {input.momentum} "
         "--pair {wildcards.pair} --patch {params.patch} --stride {params.stride} "
-        "--threshold {params.threshold} --out {output.npy} > {log} 2>&1"
+        "--threshold {params.threshold} --field {params.field} {params.lddmm} --out {output.npy} > {log} 2>&1"
 
 
 rule train_prediction:
@@ -60,6 +62,7 @@ rule correction_patches:
         stride=config["train"]["stride"],
         threshold=config["train"]["background_threshold"],
         device=config["train"]["device"],
+        field=config["train"]["field"],
         lddmm=lddmm_args(),
     log:
         f"{LOGS}/patches_correction/{{pair}}.log",
@@ -71,7 +74,7 @@ rule correction_patches:
     shell:
         "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model} --moving {input.moving} "
         "--target {input.target} --momentum {input.momentum} --pair {wildcards.pair} --patch {params.patch} "
-        "--stride {params.stride} --threshold {params.threshold} {params.lddmm} --device {params.device} "
+        "--stride {params.stride} --threshold {params.threshold} --field {params.field} {params.lddmm} --device {params.device} "
         "--out {output.npy} > {log} 2>&1"
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from qs.cli import build_parser
 from qs.device import CHOICES as DEVICES
+from qs.fields import FIELDS
 from qs.lddmm.gradient import SIMILARITIES
 from qs.lddmm.optimize import METHODS as OPTIMIZERS
 from qs.model_io import KINDS
@@ -39,6 +40,8 @@ def _cli_choices(command, option):
     "schema_keys, command, option, values",
     [
         (("train", "loss"), "train", "--loss", LOSSES),
+        (("train", "field"), "patches", "--field", FIELDS),
+        (("train", "field"), "correction-patches", "--field", FIELDS),
         (("lddmm", "optimizer"), "lddmm", "--optimizer", OPTIMIZERS),
         (("lddmm", "similarity"), "lddmm", "--similarity", SIMILARITIES),
         (("preprocess", "normalize"), "preprocess", "--normalize", NORMALIZATIONS),

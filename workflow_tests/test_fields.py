@@ -1,0 +1,141 @@
+"""The field the networks learn (qs.fields): momentum m0 or velocity v0 = K m0, from patches to prediction."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import qs.cli
+from qs.fields import FIELDS, field_of, to_field, to_momentum
+from qs.io import QsInputError
+from qs.model_io import load_model
+from qs.patches import PatchDataset, write_pair_patches
+from qs.predict import predict_momentum, prediction_starts
+
+SPACING = (2.0, 2.0, 2.0)
+KERNEL = dict(alpha=0.08, beta=0.08, gamma=0.001, time_steps=5)
+SHAPE = (20, 24, 18)
+
+
+def _momentum(seed=0):
+    """A rough momentum: white noise inside a box, zero around it (like an LDDMM momentum near a brain)."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.zeros((3, *SHAPE))
+    m[:, 4:16, 5:19, 3:15] = torch.randn((3, 12, 14, 12), generator=g) * 1e-5
+    return m
+
+
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    a = np.zeros(SHAPE, np.float32)
+    a[3:17, 4:20, 3:15] = 0.5 + 0.3 * rng.random((14, 16, 12))
+    return a, np.roll(a, 1, axis=0)
+
+
+def test_velocity_round_trip_and_smoothness():
+    m = _momentum()
+    v = to_field(m, "velocity", SPACING, KERNEL)
+    assert v.shape == m.shape and v.dtype == m.dtype
+    back = to_momentum(v, "velocity", SPACING, KERNEL)
+    assert torch.allclose(back, m, atol=1e-3 * float(m.abs().max()))
+    # K is positive definite and smooths: <m, K m> > 0, and v varies far less from voxel to voxel than m
+    assert float((m * v).sum()) > 0
+    rough = lambda f: float((f[:, 1:] - f[:, :-1]).abs().mean() / f.abs().mean())  # noqa: E731
+    assert rough(v) < 0.2 * rough(m)
+    # the velocity spreads beyond the momentum's support (the kernel is ~9 mm wide at alpha = 0.08 mm^2)
+    assert float(v[:, 0].abs().max()) > 0
+    # momentum is the identity
+    assert to_field(m, "momentum", SPACING, KERNEL) is m and to_momentum(m, "momentum", SPACING, KERNEL) is m
+
+
+def test_unknown_fields_are_refused():
+    assert FIELDS == ("momentum", "velocity")
+    assert field_of({}) == "momentum" and field_of({"field": "velocity"}) == "velocity"
+    with pytest.raises(ValueError, match="field must be one of"):
+        field_of({"field": "displacement"})
+    with pytest.raises(ValueError, match=r"must be \(3, I, J, K\)"):
+        to_field(torch.zeros((2, *SHAPE)), "velocity", SPACING, KERNEL)
+
+
+def test_velocity_patches_train_a_velocity_model(tmp_path):
+    from qs.train import train
+
+    a, b = _images()
+    m = _momentum()
+    v = to_field(m, "velocity", SPACING, KERNEL)
+    f1, side = write_pair_patches(a, b, v, tmp_path / "p1.npy", stride=7, field="velocity")
+    info = json.loads(side.read_text())
+    assert info["field"] == "velocity" and info["channels"] == ["moving", "target", "v0_i", "v0_j", "v0_k"]
+    ds = PatchDataset([f1])
+    assert ds.field == "velocity"
+    # the patches hold the velocity itself
+    i, j, k = info["starts"][0]
+    assert np.allclose(np.load(f1)[0, 2:], v[:, i:i + 15, j:j + 15, k:k + 15].numpy())
+    # a momentum patch file beside it is refused
+    f2, _ = write_pair_patches(a, b, m, tmp_path / "p2.npy", stride=7)
+    with pytest.raises(QsInputError, match="holds the momentum but p1.npy the velocity"):
+        PatchDataset([f1, f2])
+    meta = dict(KERNEL, sigma=0.2, spacing=list(SPACING), modality="T1->T1")
+    model_path = train([f1], tmp_path / "model", meta=meta, features=2, epochs=1, batch_size=4, val_fraction=0.0,
+                       progress=False, log=None)
+    _, saved = load_model(model_path)
+    assert saved["field"] == "velocity"
+    # the velocity's scale, not the momentum's (|v| ~ 1e-2 mm here, |m| ~ 1e-5)
+    assert saved["momentum_scale"] == pytest.approx(1.0 / float(np.abs(np.load(f1)[:, 2:]).mean()), rel=1e-4)
+
+
+class _Constant(nn.Module):
+    """A stand-in network that outputs the same field for every patch: (c_i, c_j, c_k) everywhere."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.c = torch.tensor(c, dtype=torch.float32).view(1, 3, 1, 1, 1)
+
+    def forward(self, x):
+        return self.c.expand(x.shape[0], 3, *x.shape[2:]).clone()
+
+
+def test_a_predicted_velocity_is_turned_into_its_momentum():
+    # a longer grid whose last slices lie in background patches, which are not predicted
+    a = np.zeros((40, *SHAPE[1:]), np.float32)
+    a[:16] = _images()[0][:16]
+    b = np.roll(a, 1, axis=0)
+    meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
+                field="velocity")
+    c = (0.4, -0.2, 0.6)  # scaled velocity: v0 = c / 2 on every covered voxel
+    m, _ = predict_momentum(_Constant(c), meta, a, b)
+    v = to_field(m, "velocity", SPACING, meta)  # shooting m starts from this velocity
+    covered = np.zeros(a.shape, bool)
+    for i, j, k in prediction_starts(meta, a, b):
+        covered[i:i + 15, j:j + 15, k:k + 15] = True
+    for comp in range(3):
+        assert torch.allclose(v[comp][torch.from_numpy(covered)], torch.tensor(c[comp] / 2), atol=1e-4)
+        assert covered.sum() < covered.size and float(v[comp][torch.from_numpy(~covered)].abs().max()) < 1e-4
+    # the same network read as a momentum model gives the scaled output itself
+    m_plain, _ = predict_momentum(_Constant(c), {**meta, "field": "momentum"}, a, b)
+    assert torch.allclose(m_plain[:, covered], torch.tensor(c).view(3, 1) / 2)
+
+
+def test_qs_patches_field_velocity(tmp_path):
+    a, b = _images()
+    m = _momentum()
+    affine = np.diag([*SPACING, 1.0])
+    paths = {}
+    for name, data in (("mov", a), ("tgt", b), ("m0", np.moveaxis(m.numpy(), 0, -1))):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), str(paths[name]))
+    out = tmp_path / "v.npy"
+    rc = qs.cli.main(["patches", "--moving", str(paths["mov"]), "--target", str(paths["tgt"]), "--momentum",
+                      str(paths["m0"]), "--stride", "7", "--field", "velocity", "--alpha", "0.08", "--beta", "0.08",
+                      "--gamma", "0.001", "--out", str(out)])
+    assert rc == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["field"] == "velocity"
+    v = to_field(m, "velocity", SPACING, KERNEL)
+    i, j, k = info["starts"][-1]
+    assert np.allclose(np.load(out)[-1, 2:], v[:, i:i + 15, j:j + 15, k:k + 15].numpy(), atol=1e-7)
