@@ -264,7 +264,7 @@ def _write_tsv(df: pd.DataFrame, path, float_format="%.6g") -> Path:
     return write_text(df.to_csv(sep="\t", index=False, float_format=float_format, na_rep="NaN"), path)
 
 
-def _read_tsv(path, columns) -> pd.DataFrame:
+def _read_tsv(path, columns, optional=()) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise QsInputError(f"{path}: file does not exist (run qs evaluate-pair first)")
@@ -276,7 +276,10 @@ def _read_tsv(path, columns) -> pd.DataFrame:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise QsInputError(f"{path}: missing columns {missing}")
-    return df[columns]
+    for c in optional:
+        if c not in df.columns:
+            df[c] = math.nan
+    return df[list(columns) + list(optional)]
 
 
 # --------------------------------------------------------------------------- aggregation (pure)
@@ -386,7 +389,9 @@ def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: 
     overlap = pd.concat([r["overlap"] for r in results], ignore_index=True)
     timing = pd.concat([r["timing"] for r in results], ignore_index=True)
     deformation = deformation_error_table(pooled, detj)
-    losses = {name: _read_tsv(path, ["epoch", "train_l1", "val_l1"]) for name, path in (loss_tsvs or {}).items()}
+    # val_zero_l1 (the zero field's validation L1) is NaN in loss.tsv files of older runs
+    losses = {name: _read_tsv(path, ["epoch", "train_l1", "val_l1"], optional=["val_zero_l1"])
+              for name, path in (loss_tsvs or {}).items()}
     example = load_example(example) if example else None
 
     out_dir = Path(out_dir)
@@ -500,10 +505,17 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
     s.append(markdown_table(detj_table(detj), {"detj_pos_pct": ".0f", "detj_min": ".4g", "detj_max": ".4g"}))
 
     if losses:
-        s += ["", "## Training", "", "Final epoch of each network (mean |m0 error| in momentum units):", ""]
+        s += ["", "## Training", "",
+              "Final epoch of each network (mean |error| of the field it learns, m0 or v0 = K m0, in its units); "
+              "`val_vs_zero` is the validation L1 over that of predicting zero: 1 means the network learned "
+              "nothing (see docs/learning.md).", ""]
         rows = [{"model": k, "epochs": int(v["epoch"].max()), "train_l1": float(v["train_l1"].iloc[-1]),
-                 "val_l1": float(v["val_l1"].iloc[-1])} for k, v in losses.items() if len(v)]
-        s.append(markdown_table(pd.DataFrame(rows, columns=["model", "epochs", "train_l1", "val_l1"]), {"train_l1": ".4g", "val_l1": ".4g"}))
+                 "val_l1": float(v["val_l1"].iloc[-1]), "val_zero_l1": float(v["val_zero_l1"].iloc[-1]),
+                 "val_vs_zero": float(v["val_l1"].iloc[-1]) / float(v["val_zero_l1"].iloc[-1])}
+                for k, v in losses.items() if len(v)]
+        cols = ["model", "epochs", "train_l1", "val_l1", "val_zero_l1", "val_vs_zero"]
+        s.append(markdown_table(pd.DataFrame(rows, columns=cols),
+                                {"train_l1": ".4g", "val_l1": ".4g", "val_zero_l1": ".4g", "val_vs_zero": ".3f"}))
 
     s += ["", "## Figures", "",
           "- `deformation_error.png`: distribution of the deformation error per method (ours and the paper's percentiles).",
@@ -649,6 +661,9 @@ def plot_loss(losses: dict[str, pd.DataFrame]):
             ax.plot(df["epoch"], df["train_l1"], "o-", label="training")
             if np.isfinite(df["val_l1"].to_numpy(float)).any():
                 ax.plot(df["epoch"], df["val_l1"], "s-", label="validation")
+            zero = df["val_zero_l1"].to_numpy(float) if "val_zero_l1" in df else np.array([np.nan])
+            if np.isfinite(zero).any():
+                ax.axhline(float(zero[np.isfinite(zero)][-1]), color="0.4", ls="--", label="validation, zero field")
             vals = df[["train_l1", "val_l1"]].to_numpy(float)
             vals = vals[np.isfinite(vals) & (vals > 0)]
             if vals.size and vals.max() / vals.min() > 10:
@@ -656,10 +671,10 @@ def plot_loss(losses: dict[str, pd.DataFrame]):
             ax.set_title(f"{name} network")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel("mean |m0 error| (momentum units)")
+            ax.set_ylabel("mean |error| (m0 or v0 units)")
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.suptitle("Training loss (L1 of the momentum)")
+        fig.suptitle("Training loss (L1 of the predicted field)")
     return fig
 
 

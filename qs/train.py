@@ -15,7 +15,9 @@
   continued: ``resume=True`` refuses it, ``resume="auto"`` (the ``qs train``
   default, so that a pipeline rerun after a config change just works) says
   so and starts over.
-* ``loss.tsv`` (``epoch, train_l1, val_l1, seconds``) and ``loss.png``.
+* ``loss.tsv`` (``epoch, train_l1, val_l1, val_zero_l1, seconds``;
+  ``val_zero_l1`` is the zero field's validation L1, the level of a network
+  that learned nothing) and ``loss.png``.
 * ``model.safetensors`` (:func:`qs.model_io.save_model`) at the end.
 
 Loss (``loss``, :data:`LOSSES`): by default (``l1``, the paper's) the mean
@@ -105,10 +107,15 @@ def split_validation(ds: PatchDataset, val_fraction: float, seed: int) -> tuple[
     return np.sort(perm[n_val:]), np.sort(perm[:n_val]), [0]
 
 
-def write_loss(history: list, out_dir: Path, field: str = "momentum") -> None:
-    """Write ``loss.tsv`` and ``loss.png`` from the per-epoch history (errors of the ``field``)."""
-    lines = ["epoch\ttrain_l1\tval_l1\tseconds"]
-    lines += [f"{int(e)}\t{tr:.6g}\t{va:.6g}\t{s:.3f}" for e, tr, va, s in history]
+def write_loss(history: list, out_dir: Path, field: str = "momentum", val_zero_l1: float = math.nan) -> None:
+    """Write ``loss.tsv`` and ``loss.png`` from the per-epoch history (errors of the ``field``).
+
+    ``val_zero_l1``: the validation L1 of the zero field (mean |field| over
+    the validation patches), repeated on every row and drawn as a dashed
+    line: a network whose ``val_l1`` stays at it has learned nothing.
+    """
+    lines = ["epoch\ttrain_l1\tval_l1\tval_zero_l1\tseconds"]
+    lines += [f"{int(e)}\t{tr:.6g}\t{va:.6g}\t{val_zero_l1:.6g}\t{s:.3f}" for e, tr, va, s in history]
     write_text("\n".join(lines) + "\n", out_dir / "loss.tsv")
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
@@ -119,6 +126,8 @@ def write_loss(history: list, out_dir: Path, field: str = "momentum") -> None:
         ax.plot(e, [h[1] for h in history], "o-", label="train")
         if any(math.isfinite(h[2]) for h in history):
             ax.plot(e, [h[2] for h in history], "s-", label="validation")
+        if math.isfinite(val_zero_l1):
+            ax.axhline(val_zero_l1, color="0.4", ls="--", label="validation, zero field")
         ax.legend()
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean |m0 error| (momentum units)" if field == "momentum" else "mean |v0 error| (mm)")
@@ -236,6 +245,7 @@ def train(
     train_idx, val_idx, train_files = split_validation(ds, val_fraction, seed)
     abs_mean = ds.abs_mean(train_files)
     scale = 1.0 / abs_mean if abs_mean > 0 else 1.0
+    val_zero_l1 = _zero_l1(ds, val_idx, batch_size)
 
     settings = {
         "files": [[f.name, info["n_patches"], _fingerprint(f)] for f, info in zip(ds.files, ds.info)],
@@ -268,7 +278,7 @@ def train(
                 _set_rng_state(ck["rng"], device)
                 start, history = int(ck["epoch"]), [list(h) for h in ck["history"]]
                 log(f"resuming from checkpoint {ck_path} at epoch {start} of {epochs}")
-                write_loss(history, out_dir, ds.field)
+                write_loss(history, out_dir, ds.field, val_zero_l1)
             else:
                 log(f"training {kind} network from scratch: {epochs} epochs, {len(train_idx)} training patches")
             del ck
@@ -282,7 +292,7 @@ def train(
                 }
                 with atomic_path(ck_path) as tmp:
                     torch.save(ck, tmp)
-                write_loss(history, out_dir, ds.field)
+                write_loss(history, out_dir, ds.field, val_zero_l1)
     finally:
         torch.use_deterministic_algorithms(det_before, warn_only=det_warn_before)
         torch.backends.cudnn.benchmark = bench_before
@@ -294,8 +304,19 @@ def train(
         val_patches=int(len(val_idx)), momentum_scale=scale, epochs=epochs, batch_size=batch_size, lr=lr,
         seed=seed, loss=loss, field=ds.field,
         final_train_l1=history[-1][1], final_val_l1=history[-1][2] if math.isfinite(history[-1][2]) else None,
+        val_zero_l1=val_zero_l1 if math.isfinite(val_zero_l1) else None,
     )
     return save_model(model.cpu().eval(), model_meta, out_dir / "model.safetensors")
+
+
+def _zero_l1(ds: PatchDataset, idx: np.ndarray, batch_size: int) -> float:
+    """Mean |field| over the patches ``idx``: the L1 of predicting zero (NaN without patches)."""
+    total, count = 0.0, 0
+    for b in range(0, len(idx), batch_size):
+        _, y = ds.batch(idx[b : b + batch_size])
+        total += float(y.abs().sum(dtype=torch.float64))
+        count += y.numel()
+    return total / count if count else math.nan
 
 
 def _usable_checkpoint(ck_path: Path, settings_text: str, epochs: int, device, resume, log) -> dict | None:

@@ -103,9 +103,11 @@ def tree(tmp_path_factory):
                       moving_labels=root / "pre/moving_labels.nii.gz")
         pair_dirs.append(out)
         method_dirs[pair] = (lddmm, dirs)
-    for kind in ("prediction", "correction"):
-        write_text("epoch\ttrain_l1\tval_l1\tseconds\n1\t0.9\t1.0\t3.0\n2\t0.5\t0.6\t3.1\n3\t0.3\t0.45\t3.0\n",
-                   root / f"models/{kind}/loss.tsv")
+    # the prediction network's loss.tsv as written now, the correction's as older runs wrote it (no val_zero_l1)
+    write_text("epoch\ttrain_l1\tval_l1\tval_zero_l1\tseconds\n1\t0.9\t1.0\t0.9\t3.0\n2\t0.5\t0.6\t0.9\t3.1\n"
+               "3\t0.3\t0.45\t0.9\t3.0\n", root / "models/prediction/loss.tsv")
+    write_text("epoch\ttrain_l1\tval_l1\tseconds\n1\t0.9\t1.0\t3.0\n2\t0.5\t0.6\t3.1\n3\t0.3\t0.45\t3.0\n",
+               root / "models/correction/loss.tsv")
     example = {"target": root / "pre/target_T1w.nii.gz", "moving": root / "pre/moving_T1w.nii.gz",
                "warp": method_dirs[PAIRS[1]][1]["predict-mc"] / "warp.nii.gz",
                "uncertainty": method_dirs[PAIRS[1]][1]["predict-mc"] / "uncertainty.nii.gz", "pair": PAIRS[1]}
@@ -195,6 +197,10 @@ def test_figures_written_and_not_blank(tree):
 
 def test_summary_has_our_table_and_the_papers(tree):
     text = (tree["root"] / "report/summary.md").read_text()
+    # training: final L1s and their ratio to the zero field's (NaN for a loss.tsv without it)
+    assert "| model | epochs | train_l1 | val_l1 | val_zero_l1 | val_vs_zero |" in text
+    assert "| prediction | 3 | 0.3 | 0.45 | 0.9 | 0.500 |" in text
+    assert "| correction | 3 | 0.3 | 0.45 | n/a | n/a |" in text
     assert "| method | p0.3 | p5 | p25 | p50 | p75 | p95 | p99.7 | detj_pos_pct |" in text
     assert "| predict | 0.5000 | 0.5000 | 0.5000 | 1.0000 | 1.5000 | 1.5000 | 1.5000 | 100 |" in text
     assert "| predict-mc |" in text and "| affine | 2.0000 |" in text

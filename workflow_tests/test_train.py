@@ -15,8 +15,8 @@ from scipy.ndimage import gaussian_filter, map_coordinates
 
 from qs.io import QsInputError
 from qs.model_io import load_model
-from qs.patches import write_pair_patches
-from qs.train import load_checkpoint, lowpass, momentum_loss, train
+from qs.patches import PatchDataset, write_pair_patches
+from qs.train import load_checkpoint, lowpass, momentum_loss, split_validation, train
 
 META = dict(alpha=0.01, beta=0.01, gamma=0.001, time_steps=10, sigma=0.2, spacing=[1.0, 1.0, 1.0],
             modality="T1->T1")
@@ -78,11 +78,16 @@ def test_loss_falls(tmp_path):
     model_path = train(files, out, meta=META, features=4, epochs=6, batch_size=2, lr=1e-3, seed=0, dropout=0.0,
                        val_fraction=0.25, progress=False)
     loss = pd.read_csv(out / "loss.tsv", sep="\t")
-    assert list(loss.columns) == ["epoch", "train_l1", "val_l1", "seconds"]
+    assert list(loss.columns) == ["epoch", "train_l1", "val_l1", "val_zero_l1", "seconds"]
     assert loss["epoch"].tolist() == list(range(1, 7))
     tr, va = loss["train_l1"].to_numpy(), loss["val_l1"].to_numpy()
     assert tr[-1] < 0.7 * tr[0], tr  # typically 0.4
     assert va[-1] < 0.7 * va[0], va
+    # the zero field's validation L1: mean |m0| over the held-out pairs' patches, below which the net learned
+    ds = PatchDataset(files)
+    _, val_idx, _ = split_validation(ds, 0.25, 0)
+    zero = float(np.abs(ds.batch(val_idx)[1].numpy()).astype(np.float64).mean())
+    assert np.allclose(loss["val_zero_l1"], zero, rtol=1e-5) and va[-1] < 0.7 * zero
     assert (out / "loss.png").stat().st_size > 1000
     model, meta = load_model(model_path, expect={**{k: META[k] for k in ("alpha", "beta", "gamma")},
                                                   "kind": "prediction"})
