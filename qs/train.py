@@ -118,6 +118,7 @@ def write_loss(history: list, out_dir: Path, field: str = "momentum", val_zero_l
     lines += [f"{int(e)}\t{tr:.6g}\t{va:.6g}\t{val_zero_l1:.6g}\t{s:.3f}" for e, tr, va, s in history]
     write_text("\n".join(lines) + "\n", out_dir / "loss.tsv")
     from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(5, 3.5), dpi=100)
     ax = fig.add_subplot()
@@ -130,6 +131,7 @@ def write_loss(history: list, out_dir: Path, field: str = "momentum", val_zero_l
             ax.axhline(val_zero_l1, color="0.4", ls="--", label="validation, zero field")
         ax.legend()
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("mean |m0 error| (momentum units)" if field == "momentum" else "mean |v0 error| (mm)")
     ax.set_title("Quicksilver training loss")
     fig.tight_layout()
