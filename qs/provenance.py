@@ -61,9 +61,9 @@ PACKAGES = ("qs", "torch", "numpy", "scipy", "pandas", "nibabel", "antspyx", "ni
 DEVICE_STAGES = ("lddmm", "train", "predict")
 
 _LDDMM_KERNEL = ("lddmm.alpha", "lddmm.beta", "lddmm.gamma", "lddmm.sigma", "lddmm.time_steps")
-_PATCHES = ("train.patch", "train.stride", "train.background_threshold")
+_PATCHES = ("train.patch", "train.stride", "train.background_threshold", "train.field", *_LDDMM_KERNEL)
 _NETWORK = ("seed", "grid.spacing", *_LDDMM_KERNEL, "train.features", "train.epochs", "train.batch_size",
-            "train.lr", "train.dropout", "train.val_fraction", "train.device", "train.target_contrast")
+            "train.lr", "train.loss", "train.dropout", "train.val_fraction", "train.device", "train.target_contrast")
 _PREDICT = ("seed", "predict.batch_size", "predict.device", *_LDDMM_KERNEL)
 
 #: workflow rule -> the config keys its params carry (a section name: the whole section without its
@@ -79,7 +79,7 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "lddmm": ("seed", "lddmm"),
     "patches": _PATCHES,
     "train_prediction": _NETWORK,
-    "correction_patches": (*_PATCHES, "train.device", *_LDDMM_KERNEL),
+    "correction_patches": (*_PATCHES, "train.device"),
     "train_correction": _NETWORK,
     "predict": _PREDICT,
     "predict_mc": (*_PREDICT, "predict.samples"),

@@ -158,6 +158,8 @@ CHANGES = [  # (dotted key, new value, the jobs that rerun)
     ("lddmm.alpha", 0.02, {"lddmm"} | TRAINING | TESTING),
     ("train.epochs", 3, {"train_prediction", "correction_patches", "train_correction"} | TESTING),
     ("train.stride", 10, TRAINING | TESTING),
+    ("train.field", "velocity", TRAINING | TESTING),
+    ("train.loss", "l2", {"train_prediction", "correction_patches", "train_correction"} | TESTING),
     ("preprocess.normalize", "max", {"preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("grid.margin_mm", 6.0, {"working_grid", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("cohort.demo.spacing", 3.0, {"demo", "validate_subject", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),

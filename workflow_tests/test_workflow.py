@@ -101,7 +101,7 @@ def test_tiny_workflow_runs_the_whole_dag(tiny_run):
     assert list(overlap.columns) == ["pair", "method", "label", "target_overlap", "dice"]
     assert set(overlap["method"]) == {"affine", "lddmm", "syn", "predict", "predict+correct", "predict-mc"}
     timing = pd.read_csv(report / "timing.tsv", sep="\t")
-    assert list(timing.columns) == ["pair", "method", "seconds", "device"] and (timing["seconds"] > 0).all()
+    assert list(timing.columns) == ["pair", "method", "seconds", "device", "threads"] and (timing["seconds"] > 0).all()
     for png in ("target_overlap.png", "deformation_error.png", "example_pair.png", "loss.png"):
         assert (report / png).stat().st_size > 10_000
     prov = json.loads((res / "provenance" / "provenance.json").read_text())
