@@ -51,7 +51,7 @@ def kernel_settings(meta: dict) -> dict:
     }
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=4)  # one kernel per grid and settings: MC samples and correction reuse it
 def _kernel(shape, spacing, alpha, beta, gamma, power, device):
     from .lddmm import FluidKernel, padded_shape
 
@@ -60,6 +60,8 @@ def _kernel(shape, spacing, alpha, beta, gamma, power, device):
 
 
 def _apply(x: torch.Tensor, spacing, meta: dict, inverse: bool) -> torch.Tensor:
+    from .lddmm import zero_pad
+
     x = torch.as_tensor(x)
     if x.ndim != 4 or x.shape[0] != 3:
         raise ValueError(f"a field must be (3, I, J, K), got {tuple(x.shape)}")
@@ -67,8 +69,7 @@ def _apply(x: torch.Tensor, spacing, meta: dict, inverse: bool) -> torch.Tensor:
     shape = tuple(int(n) for n in x.shape[1:])
     kernel = _kernel(shape, tuple(float(h) for h in spacing), k["alpha"], k["beta"], k["gamma"], k["power"],
                      str(x.device))
-    padded = torch.zeros((3, *kernel.shape), dtype=torch.float32, device=x.device)
-    padded[:, : shape[0], : shape[1], : shape[2]] = x.to(torch.float32)
+    padded = zero_pad(x.to(torch.float32), kernel.shape)
     out = kernel.apply_operator(padded) if inverse else kernel.apply(padded)
     return out[:, : shape[0], : shape[1], : shape[2]].contiguous().to(x.dtype)
 

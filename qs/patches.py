@@ -269,16 +269,16 @@ class PatchDataset(torch.utils.data.Dataset):
         self.info = [read_sidecar(f) for f in self.files]
         self.patch = self.info[0]["patch"]
         self.stride = self.info[0]["stride"]
-        try:
-            fields = [field_of(info) for info in self.info]
-        except ValueError as exc:
-            raise QsInputError(f"patch sidecar: {exc}") from None
-        self.field = fields[0]
-        for f, field in zip(self.files, fields):
+        self.field = None
+        for f, info in zip(self.files, self.info):
+            try:
+                field = field_of(info)
+            except ValueError as exc:
+                raise QsInputError(f"{sidecar_path(f)}: {exc}") from None
+            self.field = self.field or field
             if field != self.field:
                 raise QsInputError(f"{f}: holds the {field} but {self.files[0].name} the {self.field}; "
                                    "extract all pairs with the same field")
-        for f, info in zip(self.files, self.info):
             if (info["patch"], info["stride"]) != (self.patch, self.stride):
                 raise QsInputError(
                     f"{f}: patch {info['patch']} / stride {info['stride']} differs from "

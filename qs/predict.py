@@ -269,10 +269,10 @@ class Shooting:
 
     def __call__(self, m0: torch.Tensor, *, forward_map: bool = False):
         """``(phiinv, phi)`` displacements (mm, ``(3, *shape)``, on the shooting device); ``phi`` None unless asked."""
+        from .lddmm import zero_pad
+
         I, J, K = self.shape
-        m = torch.zeros((3, *self.padded), dtype=torch.float32, device=self.device)
-        m[:, :I, :J, :K] = m0.to(self.device, torch.float32)
-        geo = self.shooter.shoot(m, forward_map=forward_map)
+        geo = self.shooter.shoot(zero_pad(m0.to(self.device, torch.float32), self.padded), forward_map=forward_map)
         u = geo.u1[:, :I, :J, :K]
         w = geo.w1[:, :I, :J, :K] if forward_map else None
         return u, w

@@ -661,7 +661,7 @@ def plot_loss(losses: dict[str, pd.DataFrame]):
             ax.plot(df["epoch"], df["train_l1"], "o-", label="training")
             if np.isfinite(df["val_l1"].to_numpy(float)).any():
                 ax.plot(df["epoch"], df["val_l1"], "s-", label="validation")
-            zero = df["val_zero_l1"].to_numpy(float) if "val_zero_l1" in df else np.array([np.nan])
+            zero = df["val_zero_l1"].to_numpy(float)  # NaN for a loss.tsv of an older run (_read_tsv)
             if np.isfinite(zero).any():
                 ax.axhline(float(zero[np.isfinite(zero)][-1]), color="0.4", ls="--", label="validation, zero field")
             vals = df[["train_l1", "val_l1"]].to_numpy(float)

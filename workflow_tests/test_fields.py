@@ -80,6 +80,12 @@ def test_velocity_patches_train_a_velocity_model(tmp_path):
     f2, _ = write_pair_patches(a, b, m, tmp_path / "p2.npy", stride=7)
     with pytest.raises(QsInputError, match="holds the momentum but p1.npy the velocity"):
         PatchDataset([f1, f2])
+    # a sidecar naming an unknown field is refused, naming the sidecar
+    bad = json.loads(side.read_text())
+    f3, side3 = write_pair_patches(a, b, v, tmp_path / "p3.npy", stride=7, field="velocity")
+    side3.write_text(json.dumps({**bad, "field": "displacement"}))
+    with pytest.raises(QsInputError, match=r"p3\.json: field must be one of"):
+        PatchDataset([f3])
     meta = dict(KERNEL, sigma=0.2, spacing=list(SPACING), modality="T1->T1")
     model_path = train([f1], tmp_path / "model", meta=meta, features=2, epochs=1, batch_size=4, val_fraction=0.0,
                        progress=False, log=None)

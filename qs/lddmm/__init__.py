@@ -16,7 +16,7 @@ Conventions: fields are ``(3, I, J, K)``, component ``c`` along voxel axis
 
 from .gradient import Energy, Objective, energy_autograd
 from .jacobian import jacobian_determinant
-from .kernel import DEFAULTS, FluidKernel, padded_shape
+from .kernel import DEFAULTS, FluidKernel, padded_shape, zero_pad
 from .optimize import OptimizeResult, optimize
 from .run import RegistrationResult, register, run_lddmm
 from .shooting import Geodesic, Shooter
@@ -24,6 +24,6 @@ from .warp import identity, sample, warp_image, warp_labels
 
 __all__ = [
     "DEFAULTS", "Energy", "FluidKernel", "Geodesic", "Objective", "OptimizeResult", "RegistrationResult",
-    "Shooter", "energy_autograd", "identity", "jacobian_determinant", "optimize", "padded_shape",
+    "Shooter", "energy_autograd", "identity", "jacobian_determinant", "optimize", "padded_shape", "zero_pad",
     "register", "run_lddmm", "sample", "warp_image", "warp_labels",
 ]

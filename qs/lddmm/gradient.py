@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .kernel import DEFAULTS, FluidKernel, padded_shape
+from .kernel import DEFAULTS, FluidKernel, padded_shape, zero_pad
 from .shooting import Shooter, rk4_step
 from .warp import identity, sample
 
@@ -114,11 +114,7 @@ class Objective:
     # grid helpers -----------------------------------------------------------
     def pad(self, f: torch.Tensor) -> torch.Tensor:
         """Image-grid field ``(3, *shape)`` -> periodic grid, zero outside."""
-        if tuple(f.shape[1:]) == self.padded:
-            return f
-        out = f.new_zeros((f.shape[0], *self.padded))
-        out[:, : self.shape[0], : self.shape[1], : self.shape[2]] = f
-        return out
+        return zero_pad(f, self.padded)
 
     def crop(self, f: torch.Tensor) -> torch.Tensor:
         """Periodic-grid field -> image grid."""

@@ -65,6 +65,19 @@ def padded_shape(shape, pad: int = 0) -> tuple[int, ...]:
     return tuple(out)
 
 
+
+def zero_pad(f: torch.Tensor, padded) -> torch.Tensor:
+    """Field ``(C, I, J, K)`` on the image grid -> the periodic grid ``padded`` (:func:`padded_shape`), zero outside.
+
+    The image sits at the start of the padded grid; a field already of that shape is returned as is.
+    """
+    padded = tuple(int(n) for n in padded)
+    if tuple(f.shape[1:]) == padded:
+        return f
+    out = f.new_zeros((f.shape[0], *padded))
+    out[:, : f.shape[1], : f.shape[2], : f.shape[3]] = f
+    return out
+
 def _axis_symbols(n: int, h: float, dim: int, axis: int):
     """(c, s) symbols along one axis, shaped to broadcast over the half spectrum."""
     last = axis == dim - 1
