@@ -145,7 +145,8 @@ def _train(args):
         "sigma": args.sigma, "spacing": [args.spacing] * 3, "modality": args.modality,
     }
     model = train(
-        args.patches, args.out, meta=meta, kind=args.kind, features=args.features, epochs=args.epochs,
+        args.patches, args.out, meta=meta, kind=args.kind, architecture=args.architecture,
+        features=args.features, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
         dropout=args.dropout, val_fraction=args.val_fraction, loss=args.loss, progress=sys.stderr.isatty(),
         resume={"auto": "auto", "require": True, "never": False}[args.resume],
@@ -289,6 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patches", nargs="+", type=Path, help="patch .npy files or folders of them")
     p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, loss.tsv, loss.png, model.safetensors)")
     p.add_argument("--kind", default="prediction", choices=["prediction", "correction"])
+    p.add_argument("--architecture", default="quicksilver", choices=["quicksilver", "dilated"],
+                   help="quicksilver: the paper's encoder-decoder; dilated: a CPU-sized early-fusion dilated CNN "
+                        "(docs/learning.md)")
     p.add_argument("--features", type=int, default=64)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)

@@ -4,7 +4,7 @@ A model file is a ``.safetensors`` file whose header metadata holds one
 entry, ``"qs"``: a JSON object with everything needed to use the weights
 (:data:`REQUIRED_KEYS`):
 
-* network: ``architecture``, ``patch``, ``stride``, ``features``, ``dropout``;
+* network: ``architecture`` (:data:`qs.net.ARCHITECTURES`), ``patch``, ``stride``, ``features``, ``dropout``;
 * normalisation: ``momentum_scale`` (the net predicts ``m0 * momentum_scale``,
   or ``v0 * momentum_scale`` for a model whose optional ``field`` is
   ``velocity``, :mod:`qs.fields`), ``intensity`` (a description of the
@@ -37,10 +37,9 @@ from safetensors.torch import save_file
 from . import __version__
 from .fields import field_of
 from .io import QsInputError, atomic_path
-from .net import QuicksilverNet
+from .net import network_class
 
 MODEL_FORMAT = "qs-model-1"
-ARCHITECTURE = "quicksilver-2017"
 KINDS = ("prediction", "correction")
 
 #: keys the caller supplies to :func:`save_model` (the rest are filled in)
@@ -70,7 +69,7 @@ def missing_keys(meta: dict, keys=RUN_KEYS) -> list[str]:
     return [k for k in keys if k not in meta]
 
 
-def save_model(model: QuicksilverNet, meta: dict, path) -> Path:
+def save_model(model, meta: dict, path) -> Path:
     """Write ``model``'s weights and ``meta`` (must hold :data:`RUN_KEYS`) atomically.
 
     The network keys (``patch``, ``features``, ``dropout``), versions,
@@ -85,7 +84,7 @@ def save_model(model: QuicksilverNet, meta: dict, path) -> Path:
     full = dict(meta)
     full.update(
         format=MODEL_FORMAT,
-        architecture=ARCHITECTURE,
+        architecture=model.ARCHITECTURE,
         patch=model.patch,
         features=model.features,
         dropout=model.dropout,
@@ -150,9 +149,8 @@ def _read(path, *, tensors: bool):
     missing = missing_keys(meta, REQUIRED_KEYS)
     if missing:
         raise QsInputError(f"{path}: model metadata lacks {', '.join(missing)}")
-    if meta["architecture"] != ARCHITECTURE:
-        raise QsInputError(f"{path}: architecture {meta['architecture']!r}, expected {ARCHITECTURE!r}")
     try:
+        network_class(str(meta["architecture"]))
         field_of(meta)
     except ValueError as exc:
         raise QsInputError(f"{path}: model metadata: {exc}") from None
@@ -185,7 +183,7 @@ def check_expect(meta: dict, expect: dict, path) -> None:
         )
 
 
-def load_model(path, expect: dict | None = None, device="cpu") -> tuple[QuicksilverNet, dict]:
+def load_model(path, expect: dict | None = None, device="cpu"):
     """Read a model file; returns ``(model in eval mode on device, metadata)``.
 
     Refuses (``QsInputError`` naming the file): files that are not
@@ -200,9 +198,11 @@ def load_model(path, expect: dict | None = None, device="cpu") -> tuple[Quicksil
                            "the file was altered or damaged after saving")
     if expect:
         check_expect(meta, expect, path)
-    described = f"features {meta['features']!r}, dropout {meta['dropout']!r}, patch {meta['patch']!r}"
+    described = (f"architecture {meta['architecture']!r}, features {meta['features']!r}, "
+                 f"dropout {meta['dropout']!r}, patch {meta['patch']!r}")
     try:
-        model = QuicksilverNet(int(meta["features"]), float(meta["dropout"]), int(meta["patch"]))
+        model = network_class(str(meta["architecture"]))(int(meta["features"]), float(meta["dropout"]),
+                                                         int(meta["patch"]))
     except (TypeError, ValueError, RuntimeError) as exc:
         raise QsInputError(f"{path}: metadata describes no valid network ({described}: {exc})") from None
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -36,6 +36,16 @@ Normalisation (the same at training and prediction):
   metadata; training sets it to ``1 / mean |m0|`` of the training patches),
   so ``m0 = net(x) / momentum_scale``. Components along voxel axes ``i, j, k``.
 
+A second, CPU-sized architecture, :class:`DilatedNet` (``architecture:
+dilated``), is not the paper's: early fusion of the two patches, five
+full-resolution 3^3 convolutions with dilations 1, 1, 2, 4, 1 (receptive
+field 19 voxels), no down-sampling. On the demo's CPU budget (a few thousand
+Adam steps) it learns where the encoder-decoder does not
+(``docs/learning.md``: validation L1 of the velocity 0.80 of the zero field's
+after 3000 steps, against 1.00 for the encoder-decoder). :data:`ARCHITECTURES`
+maps the config's names to the classes; the model file records the class's
+``ARCHITECTURE`` string.
+
 MC dropout: :func:`enable_mc_dropout` keeps dropout active in ``eval()``
 mode, so repeated forward passes sample the predictive distribution.
 """
@@ -113,20 +123,52 @@ def level_sizes(patch: int) -> tuple[int, int]:
     return a, a // 2 + 1
 
 
+def _check_settings(name: str, features: int, dropout: float, patch: int) -> None:
+    if features < 1:
+        raise ValueError(f"{name}: features must be >= 1, got {features}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
+    if patch < 5 or patch % 2 == 0:
+        raise ValueError(f"{name}: patch must be odd and >= 5, got {patch}")
+
+
+def _check_input(name: str, x: torch.Tensor, p: int) -> None:
+    if x.ndim != 5 or x.shape[1] != 2 or tuple(x.shape[2:]) != (p, p, p):
+        raise ValueError(f"{name}: input must be (N, 2, {p}, {p}, {p}), got {tuple(x.shape)}")
+
+
+def _he_init(model: nn.Module) -> None:
+    """He initialisation for PReLU (slope 0.25), biases 0.
+
+    Keeps the signal variance roughly constant through deep stacks of
+    convolutions; torch's default (uniform, variance 1/(3 fan_in)) shrinks it
+    about five-fold per layer, leaving the untrained net almost blind to its
+    input. For a transposed convolution the fan-in of an output voxel is
+    ``c_in k^3 / stride^3`` on average.
+    """
+    gain = math.sqrt(2.0 / (1.0 + 0.25**2))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
+            k = math.prod(m.kernel_size)
+            if isinstance(m, nn.ConvTranspose3d):
+                fan_in = m.in_channels * k / math.prod(m.stride)
+            else:
+                fan_in = m.in_channels * k
+            nn.init.normal_(m.weight, 0.0, gain / math.sqrt(fan_in))
+            nn.init.zeros_(m.bias)
+
+
 class QuicksilverNet(nn.Module):
     """Two encoders (moving, target), three decoders (momentum components).
 
     ``forward(x)``: ``x`` ``(N, 2, p, p, p)`` -> scaled momentum ``(N, 3, p, p, p)``.
     """
 
+    ARCHITECTURE = "quicksilver-2017"
+
     def __init__(self, features: int = 64, dropout: float = 0.2, patch: int = 15):
         super().__init__()
-        if features < 1:
-            raise ValueError(f"QuicksilverNet: features must be >= 1, got {features}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"QuicksilverNet: dropout must be in [0, 1), got {dropout}")
-        if patch < 5 or patch % 2 == 0:
-            raise ValueError(f"QuicksilverNet: patch must be odd and >= 5, got {patch}")
+        _check_settings("QuicksilverNet", features, dropout, patch)
         self.features, self.dropout, self.patch = int(features), float(dropout), int(patch)
         a, b = level_sizes(patch)
         pad1 = a - (2 * b - 2)  # kernel 2: 2(b-1) - 2 + 2 (+ pad1) = a
@@ -144,31 +186,60 @@ class QuicksilverNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation for PReLU (slope 0.25), biases 0.
-
-        Keeps the signal variance roughly constant through the 16 layers of
-        each path; torch's default (uniform, variance 1/(3 fan_in)) shrinks it
-        about five-fold per layer, leaving the untrained net almost blind to
-        its input. For a transposed convolution the fan-in of an output voxel
-        is ``c_in k^3 / stride^3`` on average.
-        """
-        gain = math.sqrt(2.0 / (1.0 + 0.25**2))
-        for m in self.modules():
-            if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):
-                k = math.prod(m.kernel_size)
-                if isinstance(m, nn.ConvTranspose3d):
-                    fan_in = m.in_channels * k / math.prod(m.stride)
-                else:
-                    fan_in = m.in_channels * k
-                nn.init.normal_(m.weight, 0.0, gain / math.sqrt(fan_in))
-                nn.init.zeros_(m.bias)
+        """He initialisation (:func:`_he_init`); unlike the original code, which kept torch's default."""
+        _he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.patch
-        if x.ndim != 5 or x.shape[1] != 2 or tuple(x.shape[2:]) != (p, p, p):
-            raise ValueError(f"QuicksilverNet: input must be (N, 2, {p}, {p}, {p}), got {tuple(x.shape)}")
+        _check_input("QuicksilverNet", x, self.patch)
         code = torch.cat((self.encoder_moving(x[:, :1]), self.encoder_target(x[:, 1:])), dim=1)
         return torch.cat([dec(code) for dec in self.decoders], dim=1)
+
+
+class DilatedNet(nn.Module):
+    """Early fusion, five full-resolution dilated 3^3 convolutions (CPU-sized; not the paper's).
+
+    ``conv(2->F) PReLU drop, conv(F->F) PReLU drop, conv dil 2 PReLU drop,
+    conv dil 4 PReLU drop, conv(F->3)``, ``F = features``, padding keeps the
+    patch size. ``forward(x)``: ``x`` ``(N, 2, p, p, p)`` (moving, target) ->
+    the scaled field ``(N, 3, p, p, p)``, the same contract as
+    :class:`QuicksilverNet`.
+    """
+
+    ARCHITECTURE = "dilated-cnn"
+    DILATIONS = (1, 1, 2, 4)
+
+    def __init__(self, features: int = 16, dropout: float = 0.2, patch: int = 15):
+        super().__init__()
+        _check_settings("DilatedNet", features, dropout, patch)
+        self.features, self.dropout, self.patch = int(features), float(dropout), int(patch)
+        f, layers, c_in = self.features, [], 2
+        for d in self.DILATIONS:
+            layers += [nn.Conv3d(c_in, f, kernel_size=3, padding=d, dilation=d), nn.PReLU(), _drop(self.dropout)]
+            c_in = f
+        layers.append(nn.Conv3d(f, 3, kernel_size=3, padding=1))
+        self.body = nn.Sequential(*layers)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation (:func:`_he_init`)."""
+        _he_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input("DilatedNet", x, self.patch)
+        return self.body(x)
+
+
+#: config / CLI name -> network class (its ``ARCHITECTURE`` string goes into the model file)
+ARCHITECTURES = {"quicksilver": QuicksilverNet, "dilated": DilatedNet}
+
+
+def network_class(name: str) -> type[nn.Module]:
+    """The class of a config name (``quicksilver``, ``dilated``) or of a model file's ``architecture`` string."""
+    for key, cls in ARCHITECTURES.items():
+        if name in (key, cls.ARCHITECTURE):
+            return cls
+    names = ", ".join(f"{k} ({c.ARCHITECTURE})" for k, c in ARCHITECTURES.items())
+    raise ValueError(f"unknown network architecture {name!r}; known: {names}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -62,8 +62,9 @@ DEVICE_STAGES = ("lddmm", "train", "predict")
 
 _LDDMM_KERNEL = ("lddmm.alpha", "lddmm.beta", "lddmm.gamma", "lddmm.sigma", "lddmm.time_steps")
 _PATCHES = ("train.patch", "train.stride", "train.background_threshold", "train.field", *_LDDMM_KERNEL)
-_NETWORK = ("seed", "grid.spacing", *_LDDMM_KERNEL, "train.features", "train.epochs", "train.batch_size",
-            "train.lr", "train.loss", "train.dropout", "train.val_fraction", "train.device", "train.target_contrast")
+_NETWORK = ("seed", "grid.spacing", *_LDDMM_KERNEL, "train.architecture", "train.features", "train.epochs",
+            "train.batch_size", "train.lr", "train.loss", "train.dropout", "train.val_fraction", "train.device",
+            "train.target_contrast")
 _PREDICT = ("seed", "predict.batch_size", "predict.device", *_LDDMM_KERNEL)
 
 #: workflow rule -> the config keys its params carry (a section name: the whole section without its

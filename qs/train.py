@@ -56,9 +56,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .fields import VELOCITY_CUTOFF_MM
 from .io import QsInputError, atomic_path, write_text
 from .model_io import KINDS, RUN_KEYS, save_model
-from .net import QuicksilverNet
+from .net import ARCHITECTURES, network_class
 from .patches import PatchDataset, find_patch_files, sidecar_path
 
 CHECKPOINT_FORMAT = "qs-checkpoint-1"
@@ -192,6 +193,7 @@ def train(
     *,
     meta: dict,
     kind: str = "prediction",
+    architecture: str = "quicksilver",
     features: int = 64,
     epochs: int = 10,
     batch_size: int = 64,
@@ -231,6 +233,8 @@ def train(
         raise ValueError(f"train: epochs ({epochs}), batch_size ({batch_size}) and lr ({lr}) must be positive")
     if not 0 <= val_fraction < 1:
         raise ValueError(f"train: val_fraction must be in [0, 1), got {val_fraction}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"train: architecture must be one of {tuple(ARCHITECTURES)}, got {architecture!r}")
     if loss not in LOSSES:
         raise ValueError(f"train: loss must be one of {LOSSES}, got {loss!r}")
     if resume not in (True, False, "auto"):
@@ -251,7 +255,7 @@ def train(
 
     settings = {
         "files": [[f.name, info["n_patches"], _fingerprint(f)] for f, info in zip(ds.files, ds.info)],
-        "patch": ds.patch, "stride": ds.stride, "kind": kind, "features": int(features),
+        "patch": ds.patch, "stride": ds.stride, "kind": kind, "architecture": architecture, "features": int(features),
         "dropout": float(dropout), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
         "val_fraction": float(val_fraction), "meta": meta, "loss": loss,
     }
@@ -270,7 +274,7 @@ def train(
         torch.backends.cudnn.benchmark = False
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(seed)
-            model = QuicksilverNet(features, dropout, ds.patch).to(device)
+            model = network_class(architecture)(features, dropout, ds.patch).to(device)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             start, history = 0, []
             ck = _usable_checkpoint(ck_path, settings_text, epochs, device, resume, log) if resume else None
@@ -308,6 +312,8 @@ def train(
         final_train_l1=history[-1][1], final_val_l1=history[-1][2] if math.isfinite(history[-1][2]) else None,
         val_zero_l1=val_zero_l1 if math.isfinite(val_zero_l1) else None,
     )
+    if ds.field == "velocity":
+        model_meta.setdefault("velocity_cutoff_mm", VELOCITY_CUTOFF_MM)
     return save_model(model.cpu().eval(), model_meta, out_dir / "model.safetensors")
 
 

@@ -176,7 +176,7 @@ def train_args(kind):
     t = config["train"]
     modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"
     return (
-        f"--features {t['features']} --epochs {t['epochs']} --batch-size {t['batch_size']} --lr {t['lr']} --loss {t['loss']} "
+        f"--architecture {t['architecture']} --features {t['features']} --epochs {t['epochs']} --batch-size {t['batch_size']} --lr {t['lr']} --loss {t['loss']} "
         f"--dropout {t['dropout']} --val-fraction {t['val_fraction']} --device {t['device']} --seed {config['seed']} "
         f"--spacing {config['grid']['spacing']} --modality {modality} {lddmm_args()}"
     )

@@ -16,6 +16,7 @@ from qs.fields import FIELDS
 from qs.lddmm.gradient import SIMILARITIES
 from qs.lddmm.optimize import METHODS as OPTIMIZERS
 from qs.model_io import KINDS
+from qs.net import ARCHITECTURES
 from qs.preprocess import NORMALIZATIONS
 from qs.train import LOSSES
 
@@ -40,6 +41,7 @@ def _cli_choices(command, option):
     "schema_keys, command, option, values",
     [
         (("train", "loss"), "train", "--loss", LOSSES),
+        (("train", "architecture"), "train", "--architecture", tuple(ARCHITECTURES)),
         (("train", "field"), "patches", "--field", FIELDS),
         (("train", "field"), "correction-patches", "--field", FIELDS),
         (("lddmm", "optimizer"), "lddmm", "--optimizer", OPTIMIZERS),

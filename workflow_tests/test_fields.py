@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import qs.cli
-from qs.fields import FIELDS, field_of, to_field, to_momentum
+from qs.fields import FIELDS, VELOCITY_CUTOFF_MM, field_of, lowpass_velocity, to_field, to_momentum
 from qs.io import QsInputError
 from qs.model_io import load_model
 from qs.patches import PatchDataset, write_pair_patches
@@ -41,7 +41,7 @@ def test_velocity_round_trip_and_smoothness():
     m = _momentum()
     v = to_field(m, "velocity", SPACING, KERNEL)
     assert v.shape == m.shape and v.dtype == m.dtype
-    back = to_momentum(v, "velocity", SPACING, KERNEL)
+    back = to_momentum(v, "velocity", SPACING, KERNEL, cutoff_mm=None)
     assert torch.allclose(back, m, atol=1e-3 * float(m.abs().max()))
     # K is positive definite and smooths: <m, K m> > 0, and v varies far less from voxel to voxel than m
     assert float((m * v).sum()) > 0
@@ -51,6 +51,31 @@ def test_velocity_round_trip_and_smoothness():
     assert float(v[:, 0].abs().max()) > 0
     # momentum is the identity
     assert to_field(m, "momentum", SPACING, KERNEL) is m and to_momentum(m, "momentum", SPACING, KERNEL) is m
+
+
+def test_predicted_velocity_is_lowpassed_before_shooting():
+    """A rough velocity (smooth part + voxel noise, as a network predicts) shoots to NaN as is; low-passed it
+    shoots to a diffeomorphism, while a kernel-smooth velocity passes the filter almost unchanged."""
+    from qs.lddmm import jacobian_determinant
+    from qs.predict import Shooting
+
+    smooth = to_field(_momentum(), "velocity", SPACING, KERNEL)
+    smooth = smooth * (2.0 / smooth.abs().max())  # mm
+    noise = torch.zeros_like(smooth)
+    noise[:, 4:16, 5:19, 3:15] = torch.randn((3, 12, 14, 12), generator=torch.Generator().manual_seed(1))
+    assert float((lowpass_velocity(smooth, SPACING, KERNEL, VELOCITY_CUTOFF_MM) - smooth).norm()) < 0.03 * float(
+        smooth.norm())
+    assert float(lowpass_velocity(noise, SPACING, KERNEL, VELOCITY_CUTOFF_MM).norm()) < 0.2 * float(noise.norm())
+    shoot = Shooting(SHAPE, SPACING, dict(KERNEL, power=2, pad=0))
+    raw, _ = shoot(to_momentum(smooth + noise, "velocity", SPACING, KERNEL, cutoff_mm=None))
+    assert not torch.isfinite(raw).all()
+    u, _ = shoot(to_momentum(smooth + noise, "velocity", SPACING, KERNEL))  # the model's cutoff: the default
+    assert torch.isfinite(u).all() and float(jacobian_determinant(u, SPACING).min()) > 0
+    # a model may record its own cutoff; a longer one smooths more
+    longer = to_momentum(noise, "velocity", SPACING, KERNEL | {"velocity_cutoff_mm": 24.0})
+    assert float(longer.norm()) < float(to_momentum(noise, "velocity", SPACING, KERNEL).norm())
+    with pytest.raises(ValueError, match="cutoff_mm must be positive"):
+        lowpass_velocity(noise, SPACING, KERNEL, 0.0)
 
 
 def test_unknown_fields_are_refused():
@@ -119,9 +144,13 @@ def test_a_predicted_velocity_is_turned_into_its_momentum():
     covered = np.zeros(a.shape, bool)
     for i, j, k in prediction_starts(meta, a, b):
         covered[i:i + 15, j:j + 15, k:k + 15] = True
+    assert covered.sum() < covered.size
+    # the assembled velocity (c / 2 on the covered voxels, 0 elsewhere), low-passed (the model's default cutoff)
+    assembled = torch.zeros((3, *a.shape))
     for comp in range(3):
-        assert torch.allclose(v[comp][torch.from_numpy(covered)], torch.tensor(c[comp] / 2), atol=1e-4)
-        assert covered.sum() < covered.size and float(v[comp][torch.from_numpy(~covered)].abs().max()) < 1e-4
+        assembled[comp][torch.from_numpy(covered)] = c[comp] / 2
+    assert torch.allclose(v, lowpass_velocity(assembled, SPACING, meta, VELOCITY_CUTOFF_MM), atol=1e-5)
+    assert float((v - assembled).abs().max()) > 0.01  # the seam at the uncovered slices is smoothed
     # the same network read as a momentum model gives the scaled output itself
     m_plain, _ = predict_momentum(_Constant(c), {**meta, "field": "momentum"}, a, b)
     assert torch.allclose(m_plain[:, covered], torch.tensor(c).view(3, 1) / 2)

@@ -116,3 +116,26 @@ def test_rejects_malicious_pickle(tmp_path):
         with pytest.raises(QsInputError, match="not a valid safetensors"):
             load_model(path)
     assert not marker.exists()
+
+
+def test_dilated_architecture_roundtrip_and_unknown_architecture(tmp_path):
+    from qs.net import DilatedNet
+
+    torch.manual_seed(0)
+    net = DilatedNet(features=4, dropout=0.2).eval()
+    path = save_model(net, RUN, tmp_path / "dilated.safetensors")
+    model, meta = load_model(path)
+    assert isinstance(model, DilatedNet) and meta["architecture"] == "dilated-cnn"
+    x = torch.rand(1, 2, 15, 15, 15)
+    with torch.no_grad():
+        assert torch.equal(model(x), net(x))
+    # the same weights under the other architecture's name do not fit, and the message says which network
+    header = read_meta(path) | {"architecture": "quicksilver-2017"}
+    weights = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(weights, str(tmp_path / "renamed.safetensors"), metadata={"qs": json.dumps(header)})
+    with pytest.raises(QsInputError, match="do not fit the network .*architecture 'quicksilver-2017'"):
+        load_model(tmp_path / "renamed.safetensors")
+    header["architecture"] = "unet-2020"
+    save_file(weights, str(tmp_path / "unet.safetensors"), metadata={"qs": json.dumps(header)})
+    with pytest.raises(QsInputError, match="unet.safetensors: .*unknown network architecture 'unet-2020'"):
+        load_model(tmp_path / "unet.safetensors")

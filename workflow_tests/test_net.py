@@ -63,3 +63,30 @@ def test_no_dropout_model():
 def test_parameter_count_paper_size():
     # features = 64 as in the paper (and the original code's layer layout)
     assert count_parameters(QuicksilverNet(64)) == 21_826_344
+
+
+def test_dilated_net_contract_and_receptive_field():
+    from qs.net import ARCHITECTURES, DilatedNet, network_class
+
+    torch.manual_seed(0)
+    net = DilatedNet(features=4, dropout=0.2).eval()
+    x = torch.rand(2, 2, 15, 15, 15, requires_grad=True)
+    y = net(x)
+    assert y.shape == (2, 3, 15, 15, 15)
+    # early fusion: one voxel's output depends on both images, within 9 voxels (dilations 1, 1, 2, 4, 1) only
+    y[0, 0, 2, 7, 7].backward()
+    g = x.grad[0].abs().sum(dim=(2, 3))  # (channel, i)
+    assert g[0].sum() > 0 and g[1].sum() > 0 and x.grad[1].abs().sum() == 0
+    touched = torch.nonzero(g.sum(0)).flatten()
+    assert int(touched.min()) == 0 and int(touched.max()) == 2 + 9
+    # MC dropout as in the encoder-decoder
+    with torch.no_grad():
+        assert enable_mc_dropout(net) == 4
+        assert not torch.allclose(net(x), net(x))
+    with pytest.raises(ValueError, match=r"\(N, 2, 15, 15, 15\)"):
+        net(torch.zeros(1, 1, 15, 15, 15))
+    # names: the config's and the model file's
+    assert network_class("dilated") is network_class(DilatedNet.ARCHITECTURE) is DilatedNet
+    assert network_class("quicksilver-2017") is QuicksilverNet and set(ARCHITECTURES) == {"quicksilver", "dilated"}
+    with pytest.raises(ValueError, match="unknown network architecture 'unet'.*dilated"):
+        network_class("unet")
