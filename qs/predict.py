@@ -563,7 +563,8 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, s
         raise QsInputError(f"--stride must be between 1 and the patch size {meta['patch']}, got {stride}")
     h = grid_spacing(tgt)
     res = predict_registration(model, meta, np.asarray(mov.dataobj), np.asarray(tgt.dataobj), spacing=h,
-                               correction=corr, samples=samples, seed=seed, stride=stride, batch_size=batch_size,
+                               correction=corr, samples=samples, seed=seed, stride=stride, correction_stride=stride,
+                               batch_size=batch_size,
                                device=dev, progress=progress, compile=compile)
 
     from .lddmm.run import write_registration
@@ -672,7 +673,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--labels", type=Path, help="moving label image, warped with nearest neighbour")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=int, default=64, help="patches per network call")
-    p.add_argument("--stride", type=int, help="patch stride (default: the model's)")
+    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride; "
+                                              "smaller = overlapping patches averaged, slower)")
     p.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout samples")
     add_lddmm_expect(p)
     p.set_defaults(func=_predict)

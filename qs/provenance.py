@@ -65,7 +65,7 @@ _PATCHES = ("train.patch", "train.stride", "train.background_threshold", "train.
 _NETWORK = ("seed", "grid.spacing", *_LDDMM_KERNEL, "train.architecture", "train.features", "train.epochs",
             "train.batch_size", "train.lr", "train.loss", "train.dropout", "train.val_fraction", "train.device",
             "train.target_contrast")
-_PREDICT = ("seed", "predict.batch_size", "predict.device", *_LDDMM_KERNEL)
+_PREDICT = ("seed", "predict.batch_size", "predict.stride", "predict.device", *_LDDMM_KERNEL)
 
 #: workflow rule -> the config keys its params carry (a section name: the whole section without its
 #: ``resources``; ``*``: every setting). Rules missing here read no config key directly; choices such
@@ -85,6 +85,7 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "predict": _PREDICT,
     "predict_mc": (*_PREDICT, "predict.samples"),
     "syn": ("seed",),
+    "report": ("train.field",),
     "provenance": ("*",),
 }
 

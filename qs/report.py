@@ -58,6 +58,7 @@ from .evaluate import (
     error_percentiles,
     overlap_rows,
 )
+from .fields import check_field
 from .io import QsInputError, atomic_path, check_same_grid, load_image, load_labels, spacing, write_text
 from .transforms import read_ants_displacement
 
@@ -89,13 +90,25 @@ PAPER_DEFORMATION_ERROR = pd.DataFrame(
     ],
     columns=["method", *PERCENTILE_COLUMNS, "detj_pos"],
 )
-#: our method -> the paper's closest row
+#: our method -> the paper's closest row, for networks that learn the momentum
 PAPER_ROW_OF = {
     "affine": "affine only",
     "predict": "D, momentum, stride 14",
     "predict+correct": "D, momentum, stride 14 + correction",
     "predict-mc": "P, momentum, stride 14, 50 samples",
 }
+
+
+def paper_rows(field: str = "momentum") -> dict[str, str]:
+    """Our method -> the paper's closest row for networks that learn ``field`` (``train.field``).
+
+    The paper's velocity model has only a plain prediction row; corrected and
+    MC-dropout velocity predictions are set beside its momentum rows.
+    """
+    rows = dict(PAPER_ROW_OF)
+    if check_field(field) == "velocity":
+        rows["predict"] = "D, velocity, stride 14"
+    return rows
 #: Yang et al. 2017, mean target overlap over pairs (Klein et al. 2009 label sets)
 PAPER_TARGET_OVERLAP = pd.DataFrame(
     [
@@ -367,7 +380,7 @@ def load_pair_results(pair_dir) -> dict:
 
 
 def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: dict | None = None,
-                 paper_table: bool = True, provenance: dict | None = None) -> dict[str, Path]:
+                 paper_table: bool = True, provenance: dict | None = None, field: str = "momentum") -> dict[str, Path]:
     """Aggregate the per-pair evaluations in ``pair_dirs`` into the report folder ``out_dir``.
 
     ``loss_tsvs``: model name -> ``loss.tsv`` of its training (``epoch,
@@ -375,7 +388,8 @@ def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: 
     ``example_pair.png``, keys ``target``, ``warp`` and ``warped`` or
     ``moving`` (or both), optional ``uncertainty`` and ``pair`` (title);
     ``target_t1``/``moving_t1`` are accepted for ``target``/``moving``.
-    ``paper_table``: put the paper's numbers into ``summary.md``.
+    ``paper_table``: put the paper's numbers into ``summary.md``; ``field``: what the networks learn
+    (``train.field``), which chooses the paper's rows set beside ours (:func:`paper_rows`).
     ``provenance``: key -> value pairs listed at the end of ``summary.md`` (a DataFrame value is
     shown as a table; :func:`qs.provenance.report_items` makes them from ``results/provenance``).
     Returns the paths written.
@@ -402,11 +416,11 @@ def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: 
         "detj": _write_tsv(detj, out_dir / "detj.tsv"),
     }
     out["target_overlap_png"] = _save(plot_target_overlap(overlap), out_dir / "target_overlap.png")
-    out["deformation_error_png"] = _save(plot_deformation_error(pooled, paper=paper_table), out_dir / "deformation_error.png")
+    out["deformation_error_png"] = _save(plot_deformation_error(pooled, paper=paper_table, field=field), out_dir / "deformation_error.png")
     out["example_pair_png"] = _save(plot_example_pair(example), out_dir / "example_pair.png")
     out["loss_png"] = _save(plot_loss(losses), out_dir / "loss.png")
     text = summary_markdown(deformation, overlap, timing, detj, losses=losses, n_pairs=len(pair_dirs),
-                            paper_table=paper_table, provenance=provenance)
+                            paper_table=paper_table, provenance=provenance, field=field)
     out["summary"] = write_text(text, out_dir / "summary.md")
     return out
 
@@ -435,7 +449,7 @@ def markdown_table(df: pd.DataFrame, formats: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs=None, paper_table=True,
+def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs=None, paper_table=True, field="momentum",
                      provenance=None) -> str:
     """The text of ``summary.md`` from the aggregated tables."""
     pairs = sorted(set(timing["pair"]) | set(detj["pair"]))
@@ -463,11 +477,13 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
     if paper_table:
         s += ["", "### Paper (Yang et al. 2017, Table: OASIS, 1 mm)", "",
               "D = deterministic network, P = probabilistic (MC dropout). The rows closest to ours: "
-              + ", ".join(f"`{m}` ~ \"{r}\"" for m, r in PAPER_ROW_OF.items()) + ".", "",
+              + ", ".join(f"`{m}` ~ \"{r}\"" for m, r in paper_rows(field).items())
+              + (" (our networks learn the velocity; the paper has no corrected or MC velocity rows)"
+                 if field == "velocity" else "") + ".", "",
               markdown_table(PAPER_DEFORMATION_ERROR)]
         ours = deformation.set_index("method")
         ratio_rows = []
-        for m, r in PAPER_ROW_OF.items():
+        for m, r in paper_rows(field).items():
             if m in ours.index:
                 paper = PAPER_DEFORMATION_ERROR.set_index("method").loc[r]
                 ratio_rows.append({"method": m, "paper row": r, "our p50 (mm)": ours.loc[m, "p50"],
@@ -603,9 +619,10 @@ def plot_target_overlap(overlap: pd.DataFrame):
     return fig
 
 
-def plot_deformation_error(pooled: dict[str, np.ndarray], *, paper: bool = True):
+def plot_deformation_error(pooled: dict[str, np.ndarray], *, paper: bool = True, field: str = "momentum"):
     """Cumulative distribution of the pooled deformation error per method (:func:`pool_errors`),
-    and its percentiles next to the paper's (log scale, mm)."""
+    and its percentiles next to the paper's rows for ``field`` (:func:`paper_rows`; log scale, mm)."""
+    rows = paper_rows(field)
     import matplotlib
 
     with matplotlib.rc_context(_RC):
@@ -624,10 +641,10 @@ def plot_deformation_error(pooled: dict[str, np.ndarray], *, paper: bool = True)
             ax1.plot(np.maximum(np.quantile(e, q), floor), q * 100, color=_color(m, i), lw=2,
                      label=f"{m} (median {np.median(e):.3g} mm)")
             ax2.plot(x, np.maximum(np.percentile(e, PERCENTILES), floor), "o-", color=_color(m, i), lw=2, label=f"{m} (ours)")
-            if paper and m in PAPER_ROW_OF:
-                row = PAPER_DEFORMATION_ERROR.set_index("method").loc[PAPER_ROW_OF[m], PERCENTILE_COLUMNS]
+            if paper and m in rows:
+                row = PAPER_DEFORMATION_ERROR.set_index("method").loc[rows[m], PERCENTILE_COLUMNS]
                 ax2.plot(x, row.to_numpy(float), "s--", color=_color(m, i), lw=1.2, alpha=0.8,
-                         label=f"paper: {PAPER_ROW_OF[m]}")
+                         label=f"paper: {rows[m]}")
         ax1.set_xscale("log")
         ax1.set_xlabel(r"deformation error $|d - d_{LDDMM}|$ (mm; < 1e-4 drawn at 1e-4)")
         ax1.set_ylabel("voxels with smaller error (%)")
@@ -849,7 +866,7 @@ def _report_cli(args):
     provenance.update(_pairs_of(args.provenance, "--provenance"))
     out = build_report(args.pairs, args.out, loss_tsvs=_pairs_of(args.loss, "--loss"),
                        example=_pairs_of(args.example, "--example") or None, paper_table=not args.no_paper_table,
-                       provenance=provenance or None)
+                       provenance=provenance or None, field=args.field)
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
 
@@ -879,5 +896,7 @@ def add_subcommands(subparsers) -> None:
                    "seed, config digest, versions and device in summary.md")
     p.add_argument("--provenance", action="append", metavar="KEY=VALUE", help="a line of provenance in summary.md (repeatable)")
     p.add_argument("--provenance-json", type=Path, help="JSON object of provenance lines for summary.md")
+    p.add_argument("--field", default="momentum", choices=["momentum", "velocity"],
+                   help="what the networks learned (train.field): chooses the paper's rows set beside ours")
     p.add_argument("--no-paper-table", action="store_true", help="leave the paper's numbers out of summary.md and the figure")
     p.set_defaults(func=_report_cli)

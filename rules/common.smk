@@ -165,6 +165,12 @@ def labels_flag(wildcards, input):
     return f"--labels {input.labels[0]}" if input.labels else ""
 
 
+def predict_stride_flag():
+    """``--stride N`` of ``qs predict`` (config ``predict.stride``), or '' for the models' training stride."""
+    stride = config["predict"]["stride"]
+    return f"--stride {stride}" if stride else ""
+
+
 def lddmm_args():
     """The LDDMM kernel and shooting settings as command-line flags (one source: config)."""
     c = config["lddmm"]

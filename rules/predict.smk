@@ -16,6 +16,7 @@ rule predict:
         labels=labels_flag,
         correct=lambda w, input: f"--correct {input.correction[0]}" if input.correction else "",
         batch_size=config["predict"]["batch_size"],
+        stride=predict_stride_flag(),
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
@@ -31,7 +32,7 @@ rule predict:
         "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model} {params.correct} --moving {input.moving} "
-        "--target {input.target} {params.labels} --batch-size {params.batch_size} {params.lddmm} "
+        "--target {input.target} {params.labels} --batch-size {params.batch_size} {params.stride} {params.lddmm} "
         "--device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
 
 
@@ -48,6 +49,7 @@ rule predict_mc:
         labels=labels_flag,
         samples=config["predict"]["samples"],
         batch_size=config["predict"]["batch_size"],
+        stride=predict_stride_flag(),
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
@@ -64,4 +66,4 @@ rule predict_mc:
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model} --samples {params.samples} "
         "--moving {input.moving} --target {input.target} {params.labels} --batch-size {params.batch_size} "
-        "{params.lddmm} --device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
+        "{params.stride} {params.lddmm} --device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"

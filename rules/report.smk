@@ -18,10 +18,11 @@ rule report:
         losses=lambda w, input: " ".join(f"--loss {os.path.basename(os.path.dirname(p))}={p}" for p in input.losses),
         example=lambda w: " ".join(f"--example {k}={v}" for k, v in report_example().items()),
         provenance=lambda w, input: f"--provenance-dir {os.path.dirname(input.provenance[0])}",
+        field=config["train"]["field"],
         out=lambda w, output: os.path.dirname(output.overlap),
     log:
         f"{LOGS}/report.log",
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs report {params.pair_dirs} {params.losses} {params.example} {params.provenance} --out {params.out} > {log} 2>&1"
+        "qs report {params.pair_dirs} {params.losses} {params.example} {params.provenance} --field {params.field} --out {params.out} > {log} 2>&1"

@@ -44,6 +44,7 @@ def _cli_choices(command, option):
         (("train", "architecture"), "train", "--architecture", tuple(ARCHITECTURES)),
         (("train", "field"), "patches", "--field", FIELDS),
         (("train", "field"), "correction-patches", "--field", FIELDS),
+        (("train", "field"), "report", "--field", FIELDS),
         (("lddmm", "optimizer"), "lddmm", "--optimizer", OPTIMIZERS),
         (("lddmm", "similarity"), "lddmm", "--similarity", SIMILARITIES),
         (("preprocess", "normalize"), "preprocess", "--normalize", NORMALIZATIONS),

@@ -212,6 +212,26 @@ def test_summary_has_our_table_and_the_papers(tree):
     assert "- config: tiny.yaml" in text
 
 
+def test_velocity_networks_are_set_beside_the_papers_velocity_row():
+    from qs.report import paper_rows, summary_markdown
+
+    assert paper_rows("momentum")["predict"] == "D, momentum, stride 14"
+    rows = paper_rows("velocity")
+    assert rows["predict"] == "D, velocity, stride 14"
+    assert rows["predict+correct"] == "D, momentum, stride 14 + correction"  # the paper has no corrected velocity row
+    assert set(rows.values()) <= set(PAPER_DEFORMATION_ERROR["method"])
+    with pytest.raises(ValueError, match="field must be one of"):
+        paper_rows("displacement")
+    deformation = pd.DataFrame([{"method": "predict", "p0.3": 0.1, "p5": 0.2, "p25": 0.3, "p50": 0.5, "p75": 0.7,
+                                 "p95": 0.9, "p99.7": 1.2, "detj_pos_pct": 100.0}])
+    from qs.report import DETJ_COLUMNS, OVERLAP_COLUMNS, TIMING_COLUMNS
+
+    empty = [pd.DataFrame(columns=c) for c in (OVERLAP_COLUMNS, TIMING_COLUMNS, DETJ_COLUMNS)]
+    text = summary_markdown(deformation, *empty, field="velocity")
+    assert "| predict | D, velocity, stride 14 | 0.5000 | 0.2703 |" in text
+    assert "no corrected or MC velocity rows" in text
+
+
 def test_outputs_are_atomic(tree):
     for folder in [tree["root"] / "report", *tree["pairs"]]:
         assert not [p.name for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
