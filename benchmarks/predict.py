@@ -5,8 +5,9 @@ config (``provenance/config.yaml``), its trained networks
 (``models/{prediction,correction}/model.safetensors``) and one test pair's
 pre-processed images (the first test pair of ``cohort/pairs.tsv`` unless
 ``--pair`` names another). Then, in this one process and on ``--device``,
-times each method on that pair end to end as the workflow runs it (read the
-images, register, write the outputs to a temporary folder):
+times each method on that pair end to end as the workflow runs it (with the
+run's ``predict.stride``: read the images, register, write the outputs to a
+temporary folder):
 
 * ``predict``: the prediction network, shooting, outputs;
 * ``predict-correct``: plus the correction network (``--correct``);
@@ -87,9 +88,11 @@ def main(argv=None) -> int:
         if not f.exists():
             sys.exit(f"{f}: missing (run the workflow first)")
 
+    stride = config.get("predict", {}).get("stride") or None  # the run's prediction stride (0: the models')
+
     def predict(out, **kw):
         return run_predict(model, moving, target, out, labels=labels, device=args.device, progress=False,
-                           seed=config["seed"], **kw)
+                           seed=config["seed"], stride=stride, **kw)
 
     methods = {
         "predict": lambda out: predict(out),
