@@ -42,6 +42,8 @@ FIELDS = ("momentum", "velocity")
 VELOCITY_CUTOFF_MM = 12.0
 #: patch channel names of each field (after ``moving, target``)
 FIELD_CHANNELS = {"momentum": ("m0_i", "m0_j", "m0_k"), "velocity": ("v0_i", "v0_j", "v0_k")}
+#: axis label of a loss plot: the L1 of each field in its units
+ERROR_LABEL = {"momentum": "mean |m0 error| (momentum units)", "velocity": "mean |v0 error| (mm)"}
 
 
 def check_field(field: str) -> str:

@@ -58,7 +58,7 @@ from .evaluate import (
     error_percentiles,
     overlap_rows,
 )
-from .fields import check_field
+from .fields import ERROR_LABEL, check_field
 from .io import QsInputError, atomic_path, check_same_grid, load_image, load_labels, spacing, write_text
 from .transforms import read_ants_displacement
 
@@ -418,7 +418,7 @@ def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: 
     out["target_overlap_png"] = _save(plot_target_overlap(overlap), out_dir / "target_overlap.png")
     out["deformation_error_png"] = _save(plot_deformation_error(pooled, paper=paper_table, field=field), out_dir / "deformation_error.png")
     out["example_pair_png"] = _save(plot_example_pair(example), out_dir / "example_pair.png")
-    out["loss_png"] = _save(plot_loss(losses), out_dir / "loss.png")
+    out["loss_png"] = _save(plot_loss(losses, field), out_dir / "loss.png")
     text = summary_markdown(deformation, overlap, timing, detj, losses=losses, n_pairs=len(pair_dirs),
                             paper_table=paper_table, provenance=provenance, field=field)
     out["summary"] = write_text(text, out_dir / "summary.md")
@@ -662,8 +662,8 @@ def plot_deformation_error(pooled: dict[str, np.ndarray], *, paper: bool = True,
     return fig
 
 
-def plot_loss(losses: dict[str, pd.DataFrame]):
-    """Training and validation L1 per epoch, one panel per model."""
+def plot_loss(losses: dict[str, pd.DataFrame], field: str = "momentum"):
+    """Training and validation L1 per epoch, one panel per model (units of the learned ``field``)."""
     import matplotlib
     from matplotlib.ticker import MaxNLocator
 
@@ -688,7 +688,7 @@ def plot_loss(losses: dict[str, pd.DataFrame]):
             ax.set_title(f"{name} network")
             ax.set_xlabel("epoch")
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_ylabel("mean |error| (m0 or v0 units)")
+            ax.set_ylabel(ERROR_LABEL[check_field(field)])
             ax.grid(alpha=0.3)
             ax.legend()
         fig.suptitle("Training loss (L1 of the predicted field)")

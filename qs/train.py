@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .fields import VELOCITY_CUTOFF_MM
+from .fields import ERROR_LABEL, VELOCITY_CUTOFF_MM
 from .io import QsInputError, atomic_path, write_text
 from .model_io import KINDS, RUN_KEYS, save_model
 from .net import ARCHITECTURES, network_class
@@ -133,7 +133,7 @@ def write_loss(history: list, out_dir: Path, field: str = "momentum", val_zero_l
         ax.legend()
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("mean |m0 error| (momentum units)" if field == "momentum" else "mean |v0 error| (mm)")
+    ax.set_ylabel(ERROR_LABEL[field])
     ax.set_title("Quicksilver training loss")
     fig.tight_layout()
     with atomic_path(out_dir / "loss.png") as tmp:
