@@ -148,7 +148,8 @@ def _train(args):
         args.patches, args.out, meta=meta, kind=args.kind, architecture=args.architecture,
         features=args.features, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
-        dropout=args.dropout, val_fraction=args.val_fraction, loss=args.loss, progress=sys.stderr.isatty(),
+        dropout=args.dropout, val_fraction=args.val_fraction, loss=args.loss, init=args.init,
+        progress=sys.stderr.isatty(),
         resume={"auto": "auto", "require": True, "never": False}[args.resume],
     )
     print(model)
@@ -300,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="l1", choices=["l1", "l2", "lowpass"],
                    help="loss on the scaled momentum: l1 (paper), l2, lowpass (squared error of the smoothed difference)")
     p.add_argument("--dropout", type=float, default=0.2, help="0 = deterministic network (no MC dropout)")
+    p.add_argument("--init", type=Path, metavar="MODEL",
+                   help="start from this model's weights (same architecture and features), e.g. the correction "
+                        "network from the prediction network's")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--spacing", type=float, required=True, help="working spacing in mm (recorded in the model)")
     p.add_argument("--modality", default="T1->T1", help="moving->target contrasts, e.g. T1->T2 (recorded in the model)")

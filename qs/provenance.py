@@ -81,7 +81,7 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "patches": _PATCHES,
     "train_prediction": _NETWORK,
     "correction_patches": (*_PATCHES, "train.device"),
-    "train_correction": _NETWORK,
+    "train_correction": (*_NETWORK, "train.correction_init"),
     "predict": _PREDICT,
     "predict_mc": (*_PREDICT, "predict.samples"),
     "syn": ("seed",),

@@ -159,6 +159,26 @@ def _stderr(message: str) -> None:
     print(f"qs train: {message}", file=sys.stderr, flush=True)
 
 
+def _init_weights(path, architecture: str, features: int) -> tuple[dict, str]:
+    """The weights of the ``init`` model file and their digest; refuses another architecture or width."""
+    from .model_io import load_model
+
+    model, meta = load_model(path)
+    want = network_class(architecture).ARCHITECTURE
+    if meta["architecture"] != want or int(meta["features"]) != int(features):
+        raise QsInputError(f"{path}: --init model is a {meta['architecture']} network with {meta['features']} "
+                           f"features; this training builds a {want} network with {features} features")
+    return model.state_dict(), meta["weights_sha256"]
+
+
+def _load_init(model, weights: dict, path) -> None:
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:  # e.g. another patch size
+        first = str(exc).strip().splitlines()[0]
+        raise QsInputError(f"{path}: --init weights do not fit the network to train ({first})") from None
+
+
 def _fingerprint(patch_file) -> str:
     """Content fingerprint of a patch file: hash of its sidecar (which holds the hash of the patches)."""
     return hashlib.sha256(sidecar_path(patch_file).read_bytes()).hexdigest()[:20]
@@ -204,6 +224,7 @@ def train(
     val_fraction: float = 0.1,
     resume: bool | str = True,
     loss: str = "l1",
+    init=None,
     progress: bool = True,
     on_batch: Callable[[int, int], None] | None = None,
     log: Callable[[str], None] | None = _stderr,
@@ -222,6 +243,10 @@ def train(
     ``epochs``) is an error with ``resume=True`` and is replaced, starting
     over, with ``resume="auto"``; ``resume=False`` always starts over.
     ``log`` receives one-line messages (resume, start over); default stderr.
+    ``init``: a model file whose weights start the training instead of the
+    seeded random ones (same architecture, features and patch size, else
+    ``QsInputError`` naming it); the workflow starts the correction network
+    from the prediction network's (``train.correction_init: prediction``).
     """
     out_dir = Path(out_dir)
     missing = [k for k in TRAIN_META_KEYS if k not in meta]
@@ -243,6 +268,7 @@ def train(
     meta = _jsonable(meta)
     device = torch.device(device)
 
+    init_weights, init_digest = _init_weights(init, architecture, features) if init is not None else (None, None)
     files = find_patch_files(inputs)
     ds = PatchDataset(files)
     if len(ds) == 0:
@@ -259,6 +285,8 @@ def train(
         "dropout": float(dropout), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
         "val_fraction": float(val_fraction), "meta": meta, "loss": loss,
     }
+    if init_digest is not None:  # older checkpoints (no init) keep their settings text
+        settings["init"] = init_digest
     settings_text = json.dumps(settings, sort_keys=True)
     ck_path = out_dir / "checkpoint.pt"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -275,6 +303,8 @@ def train(
         with torch.random.fork_rng(devices=rng_devices):
             torch.manual_seed(seed)
             model = network_class(architecture)(features, dropout, ds.patch).to(device)
+            if init_weights is not None:
+                _load_init(model, init_weights, init)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             start, history = 0, []
             ck = _usable_checkpoint(ck_path, settings_text, epochs, device, resume, log) if resume else None
@@ -286,7 +316,8 @@ def train(
                 log(f"resuming from checkpoint {ck_path} at epoch {start} of {epochs}")
                 write_loss(history, out_dir, ds.field, val_zero_l1)
             else:
-                log(f"training {kind} network from scratch: {epochs} epochs, {len(train_idx)} training patches")
+                start_from = f"from {init}" if init is not None else "from scratch"
+                log(f"training {kind} network {start_from}: {epochs} epochs, {len(train_idx)} training patches")
             del ck
             for epoch in range(start + 1, epochs + 1):
                 history.append(_run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size,

@@ -81,12 +81,15 @@ rule correction_patches:
 rule train_correction:
     input:
         patches=expand(f"{R}/patches/correction/{{pair}}.npy", pair=TRAIN_PAIRS),
+        init=[f"{R}/models/prediction/model.safetensors"] if config["train"]["correction_init"] == "prediction" else [],
     output:
         model=f"{R}/models/correction/model.safetensors",
         loss=f"{R}/models/correction/loss.tsv",
         plot=report(f"{R}/models/correction/loss.png", caption="../report/training_loss.rst", category="Training", labels={"model": "correction"}),
     params:
         args=train_args("correction"),
+        init=lambda w, input: f"--init {input.init[0]}" if input.init else "",
+        correction_init=config["train"]["correction_init"],
         out=lambda w, output: os.path.dirname(output.model),
     log:
         f"{LOGS}/train/correction.log",
@@ -98,4 +101,4 @@ rule train_correction:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs train {input.patches} --kind correction {params.args} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs train {input.patches} --kind correction {params.args} {params.init} --out {params.out} > {log} 2>&1"

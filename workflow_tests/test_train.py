@@ -222,6 +222,25 @@ def test_other_losses_train_and_are_recorded(small_set, tmp_path, loss):
     assert np.isfinite(history["train_l1"]).all() and np.isfinite(history["val_l1"]).all()
 
 
+def test_init_starts_from_a_models_weights(small_set, uninterrupted, tmp_path):
+    """--init: the training starts from the given model's weights (lr ~ 0: it ends there), is tied to them in
+    the checkpoint (another init starts over), and a model of another architecture or width is refused."""
+    _, start = uninterrupted
+    still = dict(TINY, lr=1e-12)
+    path = train(small_set, tmp_path / "warm", epochs=1, init=start, **still)
+    warm, init = _weights(path), _weights(start)
+    assert all(torch.allclose(warm[k], init[k], atol=1e-9) for k in init)
+    cold = _weights(train(small_set, tmp_path / "cold", epochs=1, **still))
+    assert not all(torch.allclose(cold[k], init[k], atol=1e-3) for k in init)
+    # the checkpoint records the init: continuing without it is another setting
+    messages = []
+    train(small_set, tmp_path / "warm", epochs=2, resume="auto", log=messages.append, **still)
+    assert "differs in: init" in messages[0] and "from scratch" in messages[1]
+    with pytest.raises(QsInputError, match="model.safetensors: --init model is a quicksilver-2017 network with 4 "
+                                           "features; this training builds a dilated-cnn network"):
+        train(small_set, tmp_path / "other", epochs=1, init=start, architecture="dilated", **TINY)
+
+
 def test_train_checks_inputs(small_set, tmp_path):
     with pytest.raises(ValueError, match="loss must be one of"):
         train(small_set, tmp_path, epochs=1, loss="huber", **TINY)
