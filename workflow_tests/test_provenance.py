@@ -134,13 +134,15 @@ def _summary(root, *args) -> list[dict]:
 
 def _dry_run(root, change: dict):
     """With ``change`` merged into the tiny config: the rules a run would rerun, and the rules
-    whose params changed (whether or not an updated input reruns them anyway)."""
+    whose params (or set of inputs) changed (whether or not an updated input reruns them anyway)."""
     extra = root / "change.yaml"
     extra.write_text(yaml.safe_dump(change))
     rows = _summary(root, "--configfile", str(TINY), str(extra))
-    assert {r["status"] for r in rows} <= {"ok", "params changed"}, rows
+    # a key may also change a rule's inputs (train.correction_init adds the prediction model to them)
+    changed = {"params changed", "set of input files changed"}
+    assert {r["status"] for r in rows} <= {"ok"} | changed, rows
     return ({r["rule"] for r in rows if r["plan"] != "no update"},
-            {r["rule"] for r in rows if r["status"] == "params changed"})
+            {r["rule"] for r in rows if r["status"] in changed})
 
 
 def _reads(rule, key):
@@ -158,7 +160,10 @@ CHANGES = [  # (dotted key, new value, the jobs that rerun)
     ("lddmm.alpha", 0.02, {"lddmm"} | TRAINING | TESTING),
     ("train.epochs", 3, {"train_prediction", "correction_patches", "train_correction"} | TESTING),
     ("train.stride", 10, TRAINING | TESTING),
-    ("train.field", "velocity", TRAINING | TESTING),
+    ("train.field", "momentum", TRAINING | TESTING),
+    ("train.architecture", "quicksilver", {"train_prediction", "correction_patches", "train_correction"} | TESTING),
+    ("train.correction_init", "scratch", {"train_correction", "predict", "evaluate_pair", "report", "provenance"}),
+    ("predict.stride", 0, {"predict", "predict_mc", "evaluate_pair", "report", "provenance"}),
     ("train.loss", "l2", {"train_prediction", "correction_patches", "train_correction"} | TESTING),
     ("preprocess.normalize", "max", {"preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("grid.margin_mm", 6.0, {"working_grid", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),
