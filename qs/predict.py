@@ -564,8 +564,7 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, s
     h = grid_spacing(tgt)
     res = predict_registration(model, meta, np.asarray(mov.dataobj), np.asarray(tgt.dataobj), spacing=h,
                                correction=corr, samples=samples, seed=seed, stride=stride, correction_stride=stride,
-                               batch_size=batch_size,
-                               device=dev, progress=progress, compile=compile)
+                               batch_size=batch_size, device=dev, progress=progress, compile=compile)
 
     from .lddmm.run import write_registration
 
