@@ -75,44 +75,49 @@ def _kernel(shape, spacing, alpha, beta, gamma, power, device):
                        dtype=torch.float32, device=torch.device(device))
 
 
-def _apply(x: torch.Tensor, spacing, meta: dict, inverse: bool) -> torch.Tensor:
-    from .lddmm import zero_pad
+@lru_cache(maxsize=4)  # the low-pass filter of a grid and settings, reused like the kernel
+def _lowpass_symbol(padded, spacing, alpha, gamma, power, cutoff_mm, device):
+    from .lddmm.kernel import _axis_symbols
+
+    lap = sum(_axis_symbols(n, h, 3, a)[0] for a, (n, h) in enumerate(zip(padded, spacing)))
+    wc = 2.0 * math.pi / cutoff_mm
+    symbol = (alpha * lap + gamma) ** power
+    return (1.0 / (1.0 + symbol / (alpha * wc * wc + gamma) ** power)).to(torch.float32).to(torch.device(device))
+
+
+def _on_periodic_grid(x: torch.Tensor, spacing, meta: dict, operator: str, cutoff_mm=None) -> torch.Tensor:
+    """``operator`` (``"K"``, ``"L"`` or ``"lowpass"``) applied to the field ``x`` zero-padded onto the
+    periodic grid; the result cropped back to ``x``'s grid and dtype."""
+    from .lddmm import padded_shape, zero_pad
+    from .lddmm.kernel import irfft3, rfft3
 
     x = torch.as_tensor(x)
     if x.ndim != 4 or x.shape[0] != 3:
         raise ValueError(f"a field must be (3, I, J, K), got {tuple(x.shape)}")
     k = kernel_settings(meta)
     shape = tuple(int(n) for n in x.shape[1:])
-    kernel = _kernel(shape, tuple(float(h) for h in spacing), k["alpha"], k["beta"], k["gamma"], k["power"],
-                     str(x.device))
-    padded = zero_pad(x.to(torch.float32), kernel.shape)
-    out = kernel.apply_operator(padded) if inverse else kernel.apply(padded)
+    spacing = tuple(float(h) for h in spacing)
+    padded = zero_pad(x.to(torch.float32), padded_shape(shape, 0))
+    if operator == "lowpass":
+        filt = _lowpass_symbol(tuple(padded.shape[1:]), spacing, k["alpha"], k["gamma"], k["power"],
+                               float(cutoff_mm), str(x.device))
+        out = irfft3(rfft3(padded) * filt, padded.shape[1:])
+    else:
+        kernel = _kernel(shape, spacing, k["alpha"], k["beta"], k["gamma"], k["power"], str(x.device))
+        out = kernel.apply_operator(padded) if operator == "L" else kernel.apply(padded)
     return out[:, : shape[0], : shape[1], : shape[2]].contiguous().to(x.dtype)
 
 
 def to_field(m0: torch.Tensor, field: str, spacing, meta: dict) -> torch.Tensor:
     """The ``field`` of momentum ``m0``: ``m0`` itself or ``v0 = K m0``."""
-    return m0 if check_field(field) == "momentum" else _apply(m0, spacing, meta, inverse=False)
+    return m0 if check_field(field) == "momentum" else _on_periodic_grid(m0, spacing, meta, "K")
 
 
 def lowpass_velocity(v: torch.Tensor, spacing, meta: dict, cutoff_mm: float) -> torch.Tensor:
     """``v`` filtered by ``1 / (1 + l(w) / l(w_c))`` on the periodic grid (see the module docstring); mm in, mm out."""
-    from .lddmm import padded_shape, zero_pad
-    from .lddmm.kernel import _axis_symbols
-
     if not cutoff_mm > 0:
         raise ValueError(f"lowpass_velocity: cutoff_mm must be positive, got {cutoff_mm}")
-    v = torch.as_tensor(v)
-    shape = tuple(int(n) for n in v.shape[1:])
-    padded = padded_shape(shape, 0)
-    k = kernel_settings(meta)
-    lap = sum(_axis_symbols(n, float(h), 3, a)[0] for a, (n, h) in enumerate(zip(padded, spacing)))
-    wc = 2.0 * math.pi / float(cutoff_mm)
-    symbol = (k["alpha"] * lap + k["gamma"]) ** k["power"]
-    filt = 1.0 / (1.0 + symbol / (k["alpha"] * wc * wc + k["gamma"]) ** k["power"])
-    spec = torch.fft.rfftn(zero_pad(v.to(torch.float32), padded), dim=(-3, -2, -1))
-    out = torch.fft.irfftn(spec * filt.to(spec.real.dtype).to(v.device), s=padded, dim=(-3, -2, -1))
-    return out[:, : shape[0], : shape[1], : shape[2]].contiguous().to(v.dtype)
+    return _on_periodic_grid(v, spacing, meta, "lowpass", cutoff_mm)
 
 
 def to_momentum(y: torch.Tensor, field: str, spacing, meta: dict, cutoff_mm="model") -> torch.Tensor:
@@ -127,4 +132,4 @@ def to_momentum(y: torch.Tensor, field: str, spacing, meta: dict, cutoff_mm="mod
         cutoff_mm = float(meta.get("velocity_cutoff_mm", VELOCITY_CUTOFF_MM))
     if cutoff_mm is not None:
         y = lowpass_velocity(y, spacing, meta, cutoff_mm)
-    return _apply(y, spacing, meta, inverse=True)
+    return _on_periodic_grid(y, spacing, meta, "L")

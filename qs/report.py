@@ -109,6 +109,8 @@ def paper_rows(field: str = "momentum") -> dict[str, str]:
     if check_field(field) == "velocity":
         rows["predict"] = "D, velocity, stride 14"
     return rows
+
+
 #: Yang et al. 2017, mean target overlap over pairs (Klein et al. 2009 label sets)
 PAPER_TARGET_OVERLAP = pd.DataFrame(
     [

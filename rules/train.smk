@@ -89,7 +89,7 @@ rule train_correction:
     params:
         args=train_args("correction"),
         init=lambda w, input: f"--init {input.init[0]}" if input.init else "",
-        correction_init=config["train"]["correction_init"],
+        correction_init=config["train"]["correction_init"],  # the key itself: init is a function of the input
         out=lambda w, output: os.path.dirname(output.model),
     log:
         f"{LOGS}/train/correction.log",

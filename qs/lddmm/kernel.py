@@ -65,7 +65,6 @@ def padded_shape(shape, pad: int = 0) -> tuple[int, ...]:
     return tuple(out)
 
 
-
 def zero_pad(f: torch.Tensor, padded) -> torch.Tensor:
     """Field ``(C, I, J, K)`` on the image grid -> the periodic grid ``padded`` (:func:`padded_shape`), zero outside.
 
@@ -77,6 +76,7 @@ def zero_pad(f: torch.Tensor, padded) -> torch.Tensor:
     out = f.new_zeros((f.shape[0], *padded))
     out[:, : f.shape[1], : f.shape[2], : f.shape[3]] = f
     return out
+
 
 def _axis_symbols(n: int, h: float, dim: int, axis: int):
     """(c, s) symbols along one axis, shaped to broadcast over the half spectrum."""
