@@ -291,9 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("patches", nargs="+", type=Path, help="patch .npy files or folders of them")
     p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, loss.tsv, loss.png, model.safetensors)")
     p.add_argument("--kind", default="prediction", choices=["prediction", "correction"])
-    p.add_argument("--architecture", default="quicksilver", choices=["quicksilver", "dilated"],
-                   help="quicksilver: the paper's encoder-decoder; dilated: a CPU-sized early-fusion dilated CNN "
-                        "(docs/learning.md)")
+    p.add_argument("--architecture", default="quicksilver", choices=["quicksilver", "dilated", "dilated-match"],
+                   help="quicksilver: the paper's encoder-decoder; dilated: a CPU-sized early-fusion dilated CNN; "
+                        "dilated-match: the same fed with image-match features (docs/learning.md)")
     p.add_argument("--features", type=int, default=64)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=64)

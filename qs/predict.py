@@ -377,20 +377,34 @@ class _Welford:
         return self.m2 / max(self.n - 1, 1)
 
 
-def predict_registration(model, meta, moving, target, *, spacing=None, correction=None, samples: int = 1,
-                         seed: int = 0, stride=None, correction_stride=None, batch_size: int = 64, device="cpu",
-                         progress=None, compile="auto") -> Prediction:
+def _warped_back_target(shooting, m0, target, spacing) -> torch.Tensor:
+    """Shoot ``m0`` and pull the target back into the moving image's space: ``I1 o phi_1`` (CPU)."""
+    _, phi = shooting(m0, forward_map=True)
+    return warp_back(target, phi, spacing).cpu()
+
+
+def predict_registration(model, meta, moving, target, *, spacing=None, correction=None, corrections: int = 1,
+                         samples: int = 1, seed: int = 0, stride=None, correction_stride=None, batch_size: int = 64,
+                         device="cpu", progress=None, compile="auto") -> Prediction:
     """Predict (and correct) the LDDMM registration of ``moving`` to ``target`` (``(I, J, K)``, one grid).
 
     ``correction``: ``(model, meta)`` of the correction network or None.
+    ``corrections``: rounds of correction (the paper: 1); each shoots the
+    momentum so far, warps the target back and adds the correction
+    network's residual, so round ``r`` corrects what rounds ``< r`` left.
+    With MC dropout all rounds but the last use the mean momentum and the
+    correction network without dropout; the last round is sampled.
     ``samples > 1``: MC dropout (see the module docstring). ``spacing``
     defaults to the model's working spacing.
     """
     from .lddmm import jacobian_determinant, warp_image
 
-    samples = int(samples)
+    samples, corrections = int(samples), int(corrections)
     if samples < 1:
         raise ValueError(f"predict_registration: samples must be >= 1, got {samples}")
+    if corrections < 1:
+        raise ValueError(f"predict_registration: corrections must be >= 1, got {corrections}")
+    rounds = corrections if correction is not None else 0
     device = _device(device)
     progress = _progress(progress)
     spacing = tuple(float(h) for h in (meta["spacing"] if spacing is None else spacing))
@@ -400,22 +414,28 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
                            "(trained with dropout 0); use --samples 1 or a model trained with dropout > 0")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
-    shots = 1 + (correction is not None) + (samples if samples > 1 else 0)  # final, warp-back, MC samples
+    shots = 1 + rounds + (samples if samples > 1 else 0)  # final, warp-backs, MC samples
     shooting = Shooting(moving.shape, spacing, meta, device=device, compile=shooting_compile(compile, shots))
     kw = dict(batch_size=batch_size, device=device)
     uncertainty = None
+
+    def corrected(m_start, rounds):
+        """``rounds`` deterministic corrections of ``m_start``: their sum (None for 0 rounds)."""
+        total = None
+        for _ in range(rounds):
+            back = _warped_back_target(shooting, m_start if total is None else m_start + total, target, spacing)
+            step, _ = predict_momentum(*correction, moving, back, stride=correction_stride, progress=progress, **kw)
+            total = step if total is None else total + step
+        return total
+
     with torch.no_grad():
         if samples == 1:
             m_pred, _ = predict_momentum(model, meta, moving, target, stride=stride, progress=progress, **kw)
-            m_corr = None
-            if correction is not None:
-                _, phi = shooting(m_pred, forward_map=True)
-                back = warp_back(target, phi, spacing).cpu()
-                m_corr, _ = predict_momentum(*correction, moving, back, stride=correction_stride,
-                                             progress=progress, **kw)
+            m_corr = corrected(m_pred, rounds)
         else:
-            # pass A (only with correction): the mean prediction, to warp the target back once
-            corr_samples = None
+            # pass A (only with correction): the mean prediction, corrected by all rounds but the last,
+            # to warp the target back for the last (sampled) round
+            corr_samples, m_fixed = None, None
             if correction is not None:
                 total = None
                 with _bar(samples, "MC samples (prediction)", progress) as bar:
@@ -423,8 +443,9 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
                                                    stream=0, stride=stride, **kw):
                         total = m.to(torch.float64) if total is None else total + m
                         bar.update(1)
-                _, phi = shooting((total / samples).to(torch.float32), forward_map=True)
-                back = warp_back(target, phi, spacing).cpu()
+                m_mean = (total / samples).to(torch.float32)
+                m_fixed = corrected(m_mean, rounds - 1)
+                back = _warped_back_target(shooting, m_mean if m_fixed is None else m_mean + m_fixed, target, spacing)
                 cmodel, cmeta = correction
                 if _has_dropout(cmodel):
                     corr_samples = iter_momentum_samples(cmodel, cmeta, moving, back, samples=samples, seed=seed,
@@ -443,12 +464,14 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
                     if corr_samples is not None:
                         mc = next(corr_samples)
                         corr_sum = mc.to(torch.float64) if corr_sum is None else corr_sum + mc
-                        ms = mp + mc
+                        ms = mp + mc if m_fixed is None else mp + m_fixed + mc
                     u_s, _ = shooting(ms)
                     spread.add(u_s)
                     bar.update(1)
             m_pred = (pred_sum / samples).to(torch.float32)
             m_corr = None if corr_sum is None else (corr_sum / samples).to(torch.float32)
+            if m_fixed is not None:
+                m_corr = m_corr + m_fixed
             uncertainty = spread.variance().sum(0).to("cpu", torch.float32)
         m0 = m_pred if m_corr is None else m_pred + m_corr
         u, _ = shooting(m0)
@@ -464,6 +487,7 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "detj_max": float(detj.max()),
         "samples": samples,
         "corrected": correction is not None,
+        "corrections": rounds,
         "seed": int(seed),
         "stride": int(meta["stride"] if stride is None else stride),
         "patch": int(meta["patch"]),
@@ -531,9 +555,9 @@ def _check_spacing(img, path, meta, model_path):
                            "resample onto the model's working grid (qs preprocess) first")
 
 
-def run_predict(model_path, moving, target, out_dir, *, correction_model=None, samples: int = 1, device="auto",
-                batch_size: int = 64, seed: int = 0, labels=None, expect: dict | None = None, stride=None,
-                progress=None, compile="auto") -> dict:
+def run_predict(model_path, moving, target, out_dir, *, correction_model=None, corrections: int = 1,
+                samples: int = 1, device="auto", batch_size: int = 64, seed: int = 0, labels=None,
+                expect: dict | None = None, stride=None, progress=None, compile="auto") -> dict:
     """``qs predict``: predict the registration of ``moving`` to ``target`` (files on one working grid).
 
     Writes the outputs listed in the module docstring under ``out_dir`` and
@@ -546,6 +570,10 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, s
     moving, target, out_dir = Path(moving), Path(target), Path(out_dir)
     if int(samples) < 1:
         raise QsInputError(f"--samples must be >= 1, got {samples}")
+    if int(corrections) < 1:
+        raise QsInputError(f"--corrections must be >= 1, got {corrections}")
+    if int(corrections) > 1 and correction_model is None:
+        raise QsInputError(f"--corrections {corrections} needs a correction model (--correct)")
     if int(batch_size) < 1:
         raise QsInputError(f"--batch-size must be >= 1, got {batch_size}")
     tgt = load_image(target, what="target image")
@@ -563,7 +591,7 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, s
         raise QsInputError(f"--stride must be between 1 and the patch size {meta['patch']}, got {stride}")
     h = grid_spacing(tgt)
     res = predict_registration(model, meta, np.asarray(mov.dataobj), np.asarray(tgt.dataobj), spacing=h,
-                               correction=corr, samples=samples, seed=seed, stride=stride, correction_stride=stride,
+                               correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride, correction_stride=stride,
                                batch_size=batch_size, device=dev, progress=progress, compile=compile)
 
     from .lddmm.run import write_registration
@@ -641,10 +669,10 @@ def expect_from_args(args) -> dict:
 def _predict(args):
     summary = run_predict(
         args.model, args.moving, args.target, args.out, correction_model=args.correction_model,
-        samples=args.samples, device=args.device, batch_size=args.batch_size, seed=args.seed, labels=args.labels,
+        corrections=args.corrections, samples=args.samples, device=args.device, batch_size=args.batch_size, seed=args.seed, labels=args.labels,
         expect=expect_from_args(args), stride=args.stride,
     )
-    keys = ("seconds", "seconds_total", "device", "detj_min", "detj_max", "samples", "corrected")
+    keys = ("seconds", "seconds_total", "device", "detj_min", "detj_max", "samples", "corrected", "corrections")
     print(json.dumps({k: summary[k] for k in keys}))
 
 
@@ -668,6 +696,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path,
                    metavar="CORRECTION_MODEL", help="correction model: add its predicted residual momentum")
+    p.add_argument("--corrections", type=int, default=1,
+                   help="rounds of correction with --correct (paper: 1); each corrects what the rounds before left")
     p.add_argument("--samples", type=int, default=1, help="MC-dropout samples (> 1 writes uncertainty.nii.gz)")
     p.add_argument("--labels", type=Path, help="moving label image, warped with nearest neighbour")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -14,7 +14,8 @@ rule predict:
         method="predict|predict-correct",
     params:
         labels=labels_flag,
-        correct=lambda w, input: f"--correct {input.correction[0]}" if input.correction else "",
+        correct=lambda w, input: (f"--correct {input.correction[0]} --corrections {config['predict']['corrections']}"
+                                  if input.correction else ""),
         batch_size=config["predict"]["batch_size"],
         stride=predict_stride_flag(),
         lddmm=lddmm_args(),

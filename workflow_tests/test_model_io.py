@@ -119,7 +119,7 @@ def test_rejects_malicious_pickle(tmp_path):
 
 
 def test_dilated_architecture_roundtrip_and_unknown_architecture(tmp_path):
-    from qs.net import DilatedNet
+    from qs.net import DilatedNet, MatchDilatedNet
 
     torch.manual_seed(0)
     net = DilatedNet(features=4, dropout=0.2).eval()
@@ -135,6 +135,16 @@ def test_dilated_architecture_roundtrip_and_unknown_architecture(tmp_path):
     save_file(weights, str(tmp_path / "renamed.safetensors"), metadata={"qs": json.dumps(header)})
     with pytest.raises(QsInputError, match="do not fit the network .*architecture 'quicksilver-2017'"):
         load_model(tmp_path / "renamed.safetensors")
+    # a plain dilated net's weights do not fit the one fed with match features (its first layer has 15 inputs)
+    header["architecture"] = "dilated-match-cnn"
+    save_file(weights, str(tmp_path / "match.safetensors"), metadata={"qs": json.dumps(header)})
+    with pytest.raises(QsInputError, match="do not fit the network .*architecture 'dilated-match-cnn'"):
+        load_model(tmp_path / "match.safetensors")
+    match = MatchDilatedNet(features=4, dropout=0.2).eval()
+    model, meta = load_model(save_model(match, RUN, tmp_path / "match2.safetensors"))
+    assert type(model) is MatchDilatedNet and meta["architecture"] == "dilated-match-cnn"
+    with torch.no_grad():
+        assert torch.equal(model(x), match(x))
     header["architecture"] = "unet-2020"
     save_file(weights, str(tmp_path / "unet.safetensors"), metadata={"qs": json.dumps(header)})
     with pytest.raises(QsInputError, match="unet.safetensors: .*unknown network architecture 'unet-2020'"):

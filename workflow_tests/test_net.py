@@ -65,20 +65,23 @@ def test_parameter_count_paper_size():
     assert count_parameters(QuicksilverNet(64)) == 21_826_344
 
 
-def test_dilated_net_contract_and_receptive_field():
-    from qs.net import ARCHITECTURES, DilatedNet, network_class
+@pytest.mark.parametrize("name, reach", [("dilated", 9), ("dilated-match", 10)])
+def test_dilated_net_contract_and_receptive_field(name, reach):
+    from qs.net import ARCHITECTURES, network_class
 
+    cls = ARCHITECTURES[name]
     torch.manual_seed(0)
-    net = DilatedNet(features=4, dropout=0.2).eval()
+    net = cls(features=4, dropout=0.2).eval()
     x = torch.rand(2, 2, 15, 15, 15, requires_grad=True)
     y = net(x)
     assert y.shape == (2, 3, 15, 15, 15)
-    # early fusion: one voxel's output depends on both images, within 9 voxels (dilations 1, 1, 2, 4, 1) only
+    # early fusion: one voxel's output depends on both images, within 9 voxels (dilations 1, 1, 2, 4, 1) only,
+    # one more with the match features (their central-difference gradient)
     y[0, 0, 2, 7, 7].backward()
     g = x.grad[0].abs().sum(dim=(2, 3))  # (channel, i)
     assert g[0].sum() > 0 and g[1].sum() > 0 and x.grad[1].abs().sum() == 0
     touched = torch.nonzero(g.sum(0)).flatten()
-    assert int(touched.min()) == 0 and int(touched.max()) == 2 + 9
+    assert int(touched.min()) == 0 and int(touched.max()) == 2 + reach
     # MC dropout as in the encoder-decoder
     with torch.no_grad():
         assert enable_mc_dropout(net) == 4
@@ -86,7 +89,25 @@ def test_dilated_net_contract_and_receptive_field():
     with pytest.raises(ValueError, match=r"\(N, 2, 15, 15, 15\)"):
         net(torch.zeros(1, 1, 15, 15, 15))
     # names: the config's and the model file's
-    assert network_class("dilated") is network_class(DilatedNet.ARCHITECTURE) is DilatedNet
-    assert network_class("quicksilver-2017") is QuicksilverNet and set(ARCHITECTURES) == {"quicksilver", "dilated"}
+    assert network_class(name) is network_class(cls.ARCHITECTURE) is cls
+    assert network_class("quicksilver-2017") is QuicksilverNet
+    assert set(ARCHITECTURES) == {"quicksilver", "dilated", "dilated-match"}
     with pytest.raises(ValueError, match="unknown network architecture 'unet'.*dilated"):
         network_class("unet")
+
+
+def test_match_features_known_answers():
+    from qs.net import image_gradient, match_features
+
+    i, j, k = torch.meshgrid(*(torch.arange(7.0),) * 3, indexing="ij")
+    ramp = (0.1 * i - 0.2 * j + 0.05 * k)[None, None]
+    g = image_gradient(ramp)
+    # a linear ramp: its slope per voxel inside; half of it on the replicated border
+    assert torch.allclose(g[0, :, 1:-1, 1:-1, 1:-1], torch.tensor([0.1, -0.2, 0.05])[:, None, None, None].expand(3, 5, 5, 5))
+    assert torch.allclose(g[0, 0, 0], torch.full((7, 7), 0.05)) and torch.allclose(g[0, 1, :, 6], torch.full((7, 7), -0.1))
+    moving, target = ramp, ramp + 0.3  # a brighter target: d = 0.3 everywhere
+    f = match_features(torch.cat([moving, target], dim=1))
+    assert f.shape == (1, 15, 7, 7, 7)
+    assert torch.equal(f[:, :2], torch.cat([moving, target], dim=1)) and torch.allclose(f[:, 2], torch.full((1, 7, 7, 7), 0.3))
+    assert torch.allclose(f[:, 3:6], g) and torch.allclose(f[:, 6:9], g)
+    assert torch.allclose(f[:, 9:12], 0.3 * g) and torch.allclose(f[:, 12:15], 0.3 * g)

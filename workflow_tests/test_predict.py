@@ -265,6 +265,34 @@ def test_correction_adds_the_residual_prediction(trained):
     assert torch.equal(back2, back.float()) and torch.equal(resid, trained["m0"][(a, b)] - m_pred)
 
 
+def test_two_correction_rounds_correct_what_the_first_left(trained):
+    model, meta = load_model(trained["model"])
+    corr = load_model(trained["correction"], expect={"kind": "correction"})
+    mov, tgt = trained["images"]["sub-01"], trained["images"]["sub-02"]
+    one = predict_registration(model, meta, mov, tgt, correction=corr, progress=False)
+    two = predict_registration(model, meta, mov, tgt, correction=corr, corrections=2, progress=False)
+    # round 2: shoot the once-corrected momentum, warp the target back, add the network's residual
+    shooting = Shooting(mov.shape, meta["spacing"], meta)
+    _, phi = shooting(one.m0, forward_map=True)
+    step, _ = predict_momentum(*corr, mov, warp_back(torch.from_numpy(tgt), phi, meta["spacing"]))
+    assert torch.equal(two.m_pred, one.m_pred) and float(step.abs().max()) > 0
+    assert torch.allclose(two.m_corr, one.m_corr + step, atol=1e-6)
+    assert torch.allclose(two.m0, one.m0 + step, atol=1e-6)
+    assert two.summary["corrections"] == 2 and one.summary["corrections"] == 1 and two.summary["detj_min"] > 0
+    # MC dropout: round 1 on the mean prediction without dropout, round 2 sampled
+    mc1 = predict_registration(model, meta, mov, tgt, correction=corr, samples=2, progress=False)
+    mc2 = predict_registration(model, meta, mov, tgt, correction=corr, corrections=2, samples=2, progress=False)
+    mean_pred = torch.stack(list(iter_momentum_samples(model, meta, mov, tgt, samples=2))).mean(0)
+    assert torch.allclose(mc2.m_pred, mean_pred, atol=1e-6) and torch.equal(mc2.m_pred, mc1.m_pred)
+    assert mc2.uncertainty is not None and mc2.summary["corrections"] == 2
+    assert float((mc2.m_corr - mc1.m_corr).abs().max()) > 0
+    with pytest.raises(ValueError, match="corrections must be >= 1"):
+        predict_registration(model, meta, mov, tgt, correction=corr, corrections=0, progress=False)
+    # without a correction model there is nothing to repeat
+    with pytest.raises(QsInputError, match="--corrections 2 needs a correction model"):
+        run_predict(trained["model"], t1(trained, "sub-01"), t1(trained, "sub-02"), "/nonexistent", corrections=2)
+
+
 def test_mc_uncertainty_and_correction_files(trained, tmp_path, cli):
     out = tmp_path / "mc"
     mov, tgt = t1(trained, "sub-01"), t1(trained, "sub-02")
