@@ -180,11 +180,11 @@ def lddmm_args():
 def train_args(kind):
     """Flags of ``qs train`` for the ``kind`` network, all from config."""
     t = config["train"]
-    modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"
+    modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"  # quoted below: a bare '>' redirects
     return (
         f"--architecture {t['architecture']} --features {t['features']} --epochs {t['epochs']} --batch-size {t['batch_size']} --lr {t['lr']} --loss {t['loss']} "
         f"--dropout {t['dropout']} --val-fraction {t['val_fraction']} --device {t['device']} --seed {config['seed']} "
-        f"--spacing {config['grid']['spacing']} --modality {modality} {lddmm_args()}"
+        f"--spacing {config['grid']['spacing']} --modality '{modality}' {lddmm_args()}"
     )
 
 

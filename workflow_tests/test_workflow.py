@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, TINY, planned_jobs, snakemake
+from qs.model_io import read_meta
 
 
 def test_lint_is_clean():
@@ -57,7 +58,7 @@ def test_multimodal_option_trains_t1_to_t2_on_t1_momenta(tmp_path):
     assert lddmm and all("_T2w" not in c for c in lddmm)  # momenta from T1 -> T1
     assert patches and all("--target" in c and c.split("--target ")[1].split()[0].endswith("_T2w.nii.gz") for c in patches)
     assert predict and all(c.split("--target ")[1].split()[0].endswith("_T2w.nii.gz") for c in predict)
-    assert all("--modality T1->T2" in c for c in cmds if " qs train " in c)
+    assert all("--modality 'T1->T2'" in c for c in cmds if " qs train " in c)  # quoted, or '>' redirects
 
 
 def test_multimodal_without_t2_is_refused(tmp_path, subject_files):
@@ -106,6 +107,9 @@ def test_tiny_workflow_runs_the_whole_dag(tiny_run):
         assert (report / png).stat().st_size > 10_000
     prov = json.loads((res / "provenance" / "provenance.json").read_text())
     assert prov["seed"] == 0 and prov["config_digest"][:16] in (report / "summary.md").read_text()
+    for kind in ("prediction", "correction"):  # the modality reaches the model intact (no shell redirection)
+        assert read_meta(res / "models" / kind / "model.safetensors")["modality"] == "T1->T1"
+    assert not (tmp_path / "T1").exists()
     lddmm = json.loads((res / "lddmm" / pairs["pair"][0] / "summary.json").read_text())
     assert lddmm["detj_min"] > 0 and lddmm["energy"] < lddmm["energy_initial"]
     # nothing half-written anywhere, and a second run has nothing to do
