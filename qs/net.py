@@ -42,9 +42,14 @@ full-resolution 3^3 convolutions with dilations 1, 1, 2, 4, 1 (receptive
 field 19 voxels), no down-sampling. On the demo's CPU budget (a few thousand
 Adam steps) it learns where the encoder-decoder does not
 (``docs/learning.md``: validation L1 of the velocity 0.80 of the zero field's
-after 3000 steps, against 1.00 for the encoder-decoder). :data:`ARCHITECTURES`
-maps the config's names to the classes; the model file records the class's
-``ARCHITECTURE`` string.
+after 3000 steps, against 1.00 for the encoder-decoder).
+:class:`MatchDilatedNet` (``architecture: dilated-match``) is the same
+network fed with :func:`match_features`: the two patches, their difference,
+their gradients and the difference times each gradient (the direction of
+LDDMM's first step), products that convolutions and PReLUs would otherwise
+have to approximate over several layers; it learns faster per step.
+:data:`ARCHITECTURES` maps the config's names to the classes; the model
+file records the class's ``ARCHITECTURE`` string.
 
 MC dropout: :func:`enable_mc_dropout` keeps dropout active in ``eval()``
 mode, so repeated forward passes sample the predictive distribution.

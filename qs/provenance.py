@@ -65,7 +65,8 @@ _PATCHES = ("train.patch", "train.stride", "train.background_threshold", "train.
 _NETWORK = ("seed", "grid.spacing", *_LDDMM_KERNEL, "train.architecture", "train.features", "train.epochs",
             "train.batch_size", "train.lr", "train.loss", "train.dropout", "train.val_fraction", "train.device",
             "train.target_contrast")
-_PREDICT = ("seed", "predict.batch_size", "predict.stride", "predict.device", *_LDDMM_KERNEL)
+_PREDICTION = ("predict.stride", "predict.mirror_axes")  # how the networks predict (also the correction's data)
+_PREDICT = ("seed", "predict.batch_size", *_PREDICTION, "predict.device", *_LDDMM_KERNEL)
 
 #: workflow rule -> the config keys its params carry (a section name: the whole section without its
 #: ``resources``; ``*``: every setting). Rules missing here read no config key directly; choices such
@@ -80,9 +81,9 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "lddmm": ("seed", "lddmm"),
     "patches": _PATCHES,
     "train_prediction": _NETWORK,
-    "correction_patches": (*_PATCHES, "train.device"),
+    "correction_patches": (*_PATCHES, "train.device", *_PREDICTION),
     "train_correction": (*_NETWORK, "train.correction_init"),
-    "predict": _PREDICT,
+    "predict": (*_PREDICT, "predict.corrections"),
     "predict_mc": (*_PREDICT, "predict.samples"),
     "syn": ("seed",),
     "report": ("train.field",),

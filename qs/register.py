@@ -213,17 +213,18 @@ def _ncc(a, b, mask) -> float:
     return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-12))
 
 
-def run_register(moving, target, model_path, out_prefix, *, correction_model=None, atlas=None, atlas_mask=None,
-                 labels=None, samples: int = 1, device="auto", seed: int = 0, threads: int = 1,
+def run_register(moving, target, model_path, out_prefix, *, correction_model=None, corrections: int = 1,
+                 stride=None, mirror_axes=(), atlas=None, atlas_mask=None, labels=None, samples: int = 1, device="auto", seed: int = 0, threads: int = 1,
                  normalize: str = "percentile", margin_mm: float = 8.0, batch_size: int = 64, progress=None) -> dict:
     """``qs register``: register the raw ``moving`` image to the raw ``target`` with a trained model.
 
     See the module docstring for the steps, the transform design and the
-    outputs. Returns the summary (also ``PREFIX_summary.json``) with the
+    outputs. ``corrections``, ``stride`` and ``mirror_axes`` as in :func:`qs.predict.run_predict`
+    (``qs predict --corrections/--stride/--mirror-axes``). Returns the summary (also ``PREFIX_summary.json``) with the
     output paths under ``"outputs"``.
     """
     from .model_io import read_meta
-    from .predict import load_models, run_predict
+    from .predict import load_models, mirror_subsets, run_predict
     from .preprocess import preprocess_subject
 
     t_start = time.perf_counter()
@@ -231,6 +232,12 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     prefix = str(out_prefix)
     if not Path(prefix).name or prefix.endswith(("/", "\\")) or Path(prefix).is_dir():
         raise QsInputError(f"--out {prefix!r}: give a path prefix such as out/sub1_to_sub2, not a folder")
+    if int(corrections) < 1 or (int(corrections) > 1 and correction_model is None):
+        raise QsInputError(f"--corrections {corrections}: give 1, or more rounds together with --correct")
+    try:
+        mirror_subsets(mirror_axes)
+    except ValueError as exc:
+        raise QsInputError(f"--mirror-axes: {exc}") from None
     mov_img = load_image(moving, what="moving image")
     tgt_img = load_image(target, what="target image")
     lab_img = load_labels(labels, reference=mov_img, reference_path=moving) if labels is not None else None
@@ -250,7 +257,8 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     seconds_affine = time.perf_counter() - t0
 
     pred = run_predict(model_path, pre["moving"]["t1"], pre["target"]["t1"], work / "predict",
-                       correction_model=correction_model, samples=samples, device=device, batch_size=batch_size,
+                       correction_model=correction_model, corrections=corrections, stride=stride,
+                       mirror_axes=mirror_axes, samples=samples, device=device, batch_size=batch_size,
                        seed=seed, progress=progress)
 
     t0 = time.perf_counter()
@@ -309,7 +317,8 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
 
 def _register(args):
     summary = run_register(
-        args.moving, args.target, args.model, args.out, correction_model=args.correction_model, atlas=args.atlas,
+        args.moving, args.target, args.model, args.out, correction_model=args.correction_model,
+        corrections=args.corrections, stride=args.stride, mirror_axes=args.mirror_axes, atlas=args.atlas,
         atlas_mask=args.atlas_mask, labels=args.labels, samples=args.samples, device=args.device, seed=args.seed,
         threads=args.threads, normalize=args.normalize, margin_mm=args.margin, batch_size=args.batch_size,
     )
@@ -319,6 +328,8 @@ def _register(args):
 
 def add_subcommands(sub) -> None:
     """Add ``qs register`` to the ``qs`` parser's subparsers."""
+    from .predict import add_mirror_axes
+
     p = sub.add_parser("register", help="register two raw images with a trained model (affine + predicted deformation, ANTs-compatible)")
     p.add_argument("moving", type=Path, help="raw moving image (any grid and orientation)")
     p.add_argument("target", type=Path, help="raw target image")
@@ -326,6 +337,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--out", required=True, help="output prefix, e.g. out/sub1_to_sub2")
     p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path, metavar="CORRECTION_MODEL",
                    help="correction model")
+    p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct (paper: 1)")
+    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
+    add_mirror_axes(p)
     p.add_argument("--atlas", type=Path, help="atlas T1 on the model's working grid (default: built-in MNI at the model's spacing)")
     p.add_argument("--atlas-mask", type=Path, help="brain mask of --atlas")
     p.add_argument("--labels", type=Path, help="label image of the raw moving image (warped with nearest neighbour)")

@@ -165,10 +165,15 @@ def labels_flag(wildcards, input):
     return f"--labels {input.labels[0]}" if input.labels else ""
 
 
-def predict_stride_flag():
-    """``--stride N`` of ``qs predict`` (config ``predict.stride``), or '' for the models' training stride."""
-    stride = config["predict"]["stride"]
-    return f"--stride {stride}" if stride else ""
+def prediction_flags(stride_flag="--stride"):
+    """How the networks predict (config ``predict.stride``, 0: the models' training stride, and
+    ``predict.mirror_axes``), as flags of ``qs predict`` or, with ``stride_flag="--predict-stride"``,
+    of ``qs correction-patches`` (the correction network learns the residuals of the same prediction)."""
+    stride, axes = config["predict"]["stride"], config["predict"]["mirror_axes"]
+    flags = [f"{stride_flag} {stride}"] if stride else []
+    if axes:
+        flags.append("--mirror-axes " + " ".join(str(a) for a in axes))
+    return " ".join(flags)
 
 
 def lddmm_args():

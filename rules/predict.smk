@@ -17,7 +17,7 @@ rule predict:
         correct=lambda w, input: (f"--correct {input.correction[0]} --corrections {config['predict']['corrections']}"
                                   if input.correction else ""),
         batch_size=config["predict"]["batch_size"],
-        stride=predict_stride_flag(),
+        passes=prediction_flags(),
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
@@ -33,7 +33,7 @@ rule predict:
         "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model} {params.correct} --moving {input.moving} "
-        "--target {input.target} {params.labels} --batch-size {params.batch_size} {params.stride} {params.lddmm} "
+        "--target {input.target} {params.labels} --batch-size {params.batch_size} {params.passes} {params.lddmm} "
         "--device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
 
 
@@ -50,7 +50,7 @@ rule predict_mc:
         labels=labels_flag,
         samples=config["predict"]["samples"],
         batch_size=config["predict"]["batch_size"],
-        stride=predict_stride_flag(),
+        passes=prediction_flags(),
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
@@ -67,4 +67,4 @@ rule predict_mc:
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model} --samples {params.samples} "
         "--moving {input.moving} --target {input.target} {params.labels} --batch-size {params.batch_size} "
-        "{params.stride} {params.lddmm} --device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
+        "{params.passes} {params.lddmm} --device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"

@@ -63,6 +63,7 @@ rule correction_patches:
         threshold=config["train"]["background_threshold"],
         device=config["train"]["device"],
         field=config["train"]["field"],
+        prediction=prediction_flags("--predict-stride"),
         lddmm=lddmm_args(),
     log:
         f"{LOGS}/patches_correction/{{pair}}.log",
@@ -74,7 +75,8 @@ rule correction_patches:
     shell:
         "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model} --moving {input.moving} "
         "--target {input.target} --momentum {input.momentum} --pair {wildcards.pair} --patch {params.patch} "
-        "--stride {params.stride} --threshold {params.threshold} --field {params.field} {params.lddmm} --device {params.device} "
+        "--stride {params.stride} --threshold {params.threshold} --field {params.field} {params.prediction} {params.lddmm} "
+        "--device {params.device} "
         "--out {output.npy} > {log} 2>&1"
 
 

@@ -265,6 +265,39 @@ def test_correction_adds_the_residual_prediction(trained):
     assert torch.equal(back2, back.float()) and torch.equal(resid, trained["m0"][(a, b)] - m_pred)
 
 
+def test_mirror_axes_average_mirror_images_and_make_the_prediction_mirror_equivariant(trained):
+    from qs.patches import patch_starts
+    from qs.predict import mirror_subsets
+
+    assert mirror_subsets([2, 0]) == [(), (0,), (2,), (0, 2)] and mirror_subsets(()) == [()]
+    with pytest.raises(ValueError, match="distinct voxel axes"):
+        mirror_subsets([0, 0])
+    model, meta = load_model(trained["random"])
+    mov, tgt = trained["images"]["sub-01"], trained["images"]["sub-02"]
+    n, p = mov.shape[0], int(meta["patch"])
+    # a stride whose patch grid is symmetric along axis 0, so that the mirrored pair gets the mirrored patches
+    stride = next(s for s in range(14, 0, -1) if (n - p) % s == 0)
+    assert patch_starts(mov.shape, p, stride)[:, 0].max() == n - p
+    plain, _ = predict_momentum(model, meta, mov, tgt, stride=stride)
+    both, _ = predict_momentum(model, meta, mov, tgt, stride=stride, mirror_axes=[0])
+
+    def mirrored(m):  # a momentum of the pair mirrored along axis 0, in the pair's own orientation
+        m = m.flip(1)
+        m[0] = -m[0]
+        return m
+
+    flipped, _ = predict_momentum(model, meta, np.flip(mov, 0).copy(), np.flip(tgt, 0).copy(), stride=stride)
+    # the mean of the pair's prediction and the mirrored pair's, mirrored back
+    assert torch.allclose(both, 0.5 * (plain + mirrored(flipped)), atol=1e-6 * float(plain.abs().max()))
+    # an untrained net is far from mirror-equivariant; the mirror average is exactly so
+    assert not torch.allclose(plain, mirrored(flipped), atol=0.1 * float(plain.abs().max()))
+    both_of_flipped, _ = predict_momentum(model, meta, np.flip(mov, 0).copy(), np.flip(tgt, 0).copy(), stride=stride,
+                                          mirror_axes=[0])
+    assert torch.allclose(both, mirrored(both_of_flipped), atol=1e-5 * float(both.abs().max()))
+    res = predict_registration(model, meta, mov, tgt, stride=stride, mirror_axes=[0], progress=False)
+    assert torch.equal(res.m0, both) and res.summary["mirror_axes"] == [0]
+
+
 def test_two_correction_rounds_correct_what_the_first_left(trained):
     model, meta = load_model(trained["model"])
     corr = load_model(trained["correction"], expect={"kind": "correction"})
@@ -356,6 +389,14 @@ def test_models_with_other_settings_or_kinds_are_refused(trained, tmp_path, cli,
     with pytest.raises(QsInputError, match=r"other_gamma.safetensors: .*gamma: the model has 0\.002.*same LDDMM settings"):
         load_models(trained["model"], other)
     assert not (tmp_path / "a").exists() and not (tmp_path / "d").exists()
+    # mirror axes: voxel axes 0-2, each once
+    with pytest.raises(QsInputError, match=r"--mirror-axes: mirror axes must be distinct voxel axes 0, 1, 2, got \[1, 1\]"):
+        run_predict(trained["model"], mov, tgt, tmp_path / "e", mirror_axes=[1, 1], device="cpu")
+    with pytest.raises(SystemExit) as info:
+        cli(["predict", "--model", str(trained["model"]), "--moving", str(mov), "--target", str(tgt),
+             "--out", str(tmp_path / "f"), "--mirror-axes", "3", "--device", "cpu"])
+    assert info.value.code == 2 and "invalid choice: 3" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
 
 
 def test_mismatched_grids_and_spacing_are_refused(trained, tmp_path, cli, capsys):
@@ -412,7 +453,7 @@ def test_register_raw_images(trained, tmp_path, cli):
     labels = demo / "sub-01" / "sub-01_labels.nii.gz"
     prefix = tmp_path / "reg" / "s1_to_s2"
     rc = cli(["register", str(mov), str(tgt), "--model", str(trained["random4"]), "--correct",
-              str(trained["random4_correction"]),
+              str(trained["random4_correction"]), "--corrections", "2", "--stride", "13",
               "--labels", str(labels), "--out", str(prefix), "--device", "cpu"])
     assert rc == 0
     P = lambda s: tmp_path / "reg" / f"s1_to_s2{s}"  # noqa: E731
@@ -452,6 +493,7 @@ def test_register_raw_images(trained, tmp_path, cli):
     js = json.loads(P("_summary.json").read_text())
     assert js["corrected"] and js["detj_min"] > 0 and js["whichtoinvert"] == [False, False]
     assert js["spacing"] == [4.0] * 3 and (work / "predict" / "m0.nii.gz").exists()
+    assert js["prediction"]["corrections"] == 2 and js["prediction"]["stride"] == 13
 
 
 def test_register_refuses_an_atlas_of_another_spacing(trained, tmp_path):
@@ -462,6 +504,10 @@ def test_register_refuses_an_atlas_of_another_spacing(trained, tmp_path):
     with pytest.raises(QsInputError, match="atlas spacing .* differs from the working spacing"):
         run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", trained["model"],
                      tmp_path / "x", atlas=atlas, atlas_mask=demo / "atlas" / "atlas_mask.nii.gz")
+    with pytest.raises(QsInputError, match="--corrections 2: give 1, or more rounds together with --correct"):
+        run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", trained["model"],
+                     tmp_path / "y", corrections=2)
+    assert not (tmp_path / "y_atlas").exists()
     with pytest.raises(QsInputError, match="--atlas and --atlas-mask go together"):
         run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", trained["model"],
                      tmp_path / "x", atlas=atlas)
