@@ -535,6 +535,8 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "corrections": rounds,
         "mirror_axes": list(mirrors[-1]),
         "seed": int(seed),
+        "correction_stride": (int(correction[1]["stride"] if correction_stride is None else correction_stride)
+                              if correction is not None else None),
         "stride": int(meta["stride"] if stride is None else stride),
         "patch": int(meta["patch"]),
         "n_patches": int(len(prediction_starts(meta, moving, target, stride))),
@@ -603,7 +605,8 @@ def _check_spacing(img, path, meta, model_path):
 
 def run_predict(model_path, moving, target, out_dir, *, correction_model=None, corrections: int = 1,
                 samples: int = 1, device="auto", batch_size: int = 64, seed: int = 0, labels=None,
-                expect: dict | None = None, stride=None, mirror_axes=(), progress=None, compile="auto") -> dict:
+                expect: dict | None = None, stride=None, correction_stride=None, mirror_axes=(), progress=None,
+                compile="auto") -> dict:
     """``qs predict``: predict the registration of ``moving`` to ``target`` (files on one working grid).
 
     Writes the outputs listed in the module docstring under ``out_dir`` and
@@ -637,11 +640,12 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
         if m_ is not None and min(tgt.shape) < int(m_["patch"]):
             raise QsInputError(f"{target}: grid {tuple(tgt.shape)} is smaller than the patch size {m_['patch']} "
                                f"of {path_} along an axis")
-    if stride is not None and not 1 <= int(stride) <= int(meta["patch"]):
-        raise QsInputError(f"--stride must be between 1 and the patch size {meta['patch']}, got {stride}")
+    for flag, value in (("--stride", stride), ("--correction-stride", correction_stride)):
+        if value is not None and not 1 <= int(value) <= int(meta["patch"]):
+            raise QsInputError(f"{flag} must be between 1 and the patch size {meta['patch']}, got {value}")
     h = grid_spacing(tgt)
     res = predict_registration(model, meta, np.asarray(mov.dataobj), np.asarray(tgt.dataobj), spacing=h,
-                               correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride, correction_stride=stride,
+                               correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride, correction_stride=stride if correction_stride is None else correction_stride,
                                mirror_axes=mirror_axes, batch_size=batch_size, device=dev, progress=progress, compile=compile)
 
     from .lddmm.run import write_registration
@@ -737,7 +741,8 @@ def add_mirror_axes(p) -> None:
 def _predict(args):
     summary = run_predict(
         args.model, args.moving, args.target, args.out, correction_model=args.correction_model,
-        corrections=args.corrections, mirror_axes=args.mirror_axes, samples=args.samples, device=args.device, batch_size=args.batch_size, seed=args.seed, labels=args.labels,
+        corrections=args.corrections, correction_stride=args.correction_stride, mirror_axes=args.mirror_axes,
+        samples=args.samples, device=args.device, batch_size=args.batch_size, seed=args.seed, labels=args.labels,
         expect=expect_from_args(args), stride=args.stride,
     )
     keys = ("seconds", "seconds_total", "device", "detj_min", "detj_max", "samples", "corrected", "corrections",
@@ -774,6 +779,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="patches per network call")
     p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride; "
                                               "smaller = overlapping patches averaged, slower)")
+    p.add_argument("--correction-stride", type=int,
+                   help="patch stride of the correction network (default: --stride); smaller = more overlap, slower")
     p.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout samples")
     add_mirror_axes(p)
     add_lddmm_expect(p)

@@ -165,11 +165,18 @@ def labels_flag(wildcards, input):
     return f"--labels {input.labels[0]}" if input.labels else ""
 
 
-def prediction_flags(stride_flag="--stride"):
-    """How the networks predict (config ``predict.stride``, 0: the models' training stride, and
-    ``predict.mirror_axes``), as flags of ``qs predict`` or, with ``stride_flag="--predict-stride"``,
-    of ``qs correction-patches`` (the correction network learns the residuals of the same prediction)."""
-    stride, axes = config["predict"]["stride"], config["predict"]["mirror_axes"]
+def correction_stride_flag():
+    """`` --correction-stride N`` of ``qs predict`` (config ``predict.correction_stride``), or '' (the prediction's)."""
+    stride = config["predict"]["correction_stride"]
+    return f" --correction-stride {stride}" if stride else ""
+
+
+def prediction_flags(stride_flag="--stride", mirror=True):
+    """How the networks predict (config ``predict.stride``, 0: the models' training stride, and, with
+    ``mirror``, ``predict.mirror_axes``), as flags of ``qs predict`` or, with
+    ``stride_flag="--predict-stride"``, of ``qs correction-patches`` (the correction network learns the
+    residuals of the same prediction)."""
+    stride, axes = config["predict"]["stride"], config["predict"]["mirror_axes"] if mirror else []
     flags = [f"{stride_flag} {stride}"] if stride else []
     if axes:
         flags.append("--mirror-axes " + " ".join(str(a) for a in axes))

@@ -15,7 +15,7 @@ rule predict:
     params:
         labels=labels_flag,
         correct=lambda w, input: (f"--correct {input.correction[0]} --corrections {config['predict']['corrections']}"
-                                  if input.correction else ""),
+                                  + correction_stride_flag() if input.correction else ""),
         batch_size=config["predict"]["batch_size"],
         passes=prediction_flags(),
         lddmm=lddmm_args(),
@@ -50,7 +50,7 @@ rule predict_mc:
         labels=labels_flag,
         samples=config["predict"]["samples"],
         batch_size=config["predict"]["batch_size"],
-        passes=prediction_flags(),
+        passes=prediction_flags(mirror=False),  # the MC samples are the ensemble (mirror images: 8x each)
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],

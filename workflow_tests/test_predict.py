@@ -331,7 +331,7 @@ def test_mc_uncertainty_and_correction_files(trained, tmp_path, cli):
     mov, tgt = t1(trained, "sub-01"), t1(trained, "sub-02")
     rc = cli(["predict", "--model", str(trained["model"]), "--moving", str(mov), "--target", str(tgt),
               "--out", str(out), "--correction-model", str(trained["correction"]), "--samples", "3",
-              "--device", "cpu", "--seed", "1"])
+              "--correction-stride", "13", "--device", "cpu", "--seed", "1"])
     assert rc == 0
     unc = nib.load(str(out / "uncertainty.nii.gz"))
     ref = nib.load(str(tgt))
@@ -340,12 +340,13 @@ def test_mc_uncertainty_and_correction_files(trained, tmp_path, cli):
     assert (u >= 0).all() and u.max() > 0
     js = json.loads((out / "summary.json").read_text())
     assert js["samples"] == 3 and js["corrected"] is True and js["detj_min"] > 0
+    assert js["correction_stride"] == 13 and js["stride"] == 14  # the model's
     assert js["uncertainty"]["units"] == "mm^2" and "variance" in js["uncertainty"]["definition"]
     assert js["uncertainty"]["max"] == pytest.approx(u.max(), rel=1e-5)
     # the same seed gives the same files
     out2 = tmp_path / "mc2"
     run_predict(trained["model"], mov, tgt, out2, correction_model=trained["correction"], samples=3, device="cpu",
-                seed=1)
+                seed=1, correction_stride=13)
     for name in ("m0", "uncertainty"):
         assert np.array_equal(nib.load(str(out / f"{name}.nii.gz")).get_fdata(),
                               nib.load(str(out2 / f"{name}.nii.gz")).get_fdata())
@@ -396,7 +397,10 @@ def test_models_with_other_settings_or_kinds_are_refused(trained, tmp_path, cli,
         cli(["predict", "--model", str(trained["model"]), "--moving", str(mov), "--target", str(tgt),
              "--out", str(tmp_path / "f"), "--mirror-axes", "3", "--device", "cpu"])
     assert info.value.code == 2 and "invalid choice: 3" in capsys.readouterr().err
-    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+    with pytest.raises(QsInputError, match="--correction-stride must be between 1 and the patch size 15, got 16"):
+        run_predict(trained["model"], mov, tgt, tmp_path / "g", correction_model=trained["correction"],
+                    correction_stride=16, device="cpu")
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists() and not (tmp_path / "g").exists()
 
 
 def test_mismatched_grids_and_spacing_are_refused(trained, tmp_path, cli, capsys):

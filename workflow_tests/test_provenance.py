@@ -165,8 +165,9 @@ CHANGES = [  # (dotted key, new value, the jobs that rerun)
     ("train.correction_init", "scratch", {"train_correction", "predict", "evaluate_pair", "report", "provenance"}),
     # how the networks predict: also the correction network's training data
     ("predict.stride", 0, {"correction_patches", "train_correction"} | TESTING),
-    ("predict.mirror_axes", [1], {"correction_patches", "train_correction"} | TESTING),
+    ("predict.mirror_axes", [1], {"correction_patches", "train_correction"} | TESTING - {"predict_mc"}),
     ("predict.corrections", 1, {"predict", "evaluate_pair", "report", "provenance"}),
+    ("predict.correction_stride", 7, {"predict", "evaluate_pair", "report", "provenance"}),
     ("train.loss", "l2", {"train_prediction", "correction_patches", "train_correction"} | TESTING),
     ("preprocess.normalize", "max", {"preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("grid.margin_mm", 6.0, {"working_grid", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),
