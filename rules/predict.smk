@@ -16,6 +16,9 @@ rule predict:
         labels=labels_flag,
         correct=lambda w, input: (f"--correct {input.correction[0]} --corrections {config['predict']['corrections']}"
                                   + correction_stride_flag() if input.correction else ""),
+        # the keys themselves: correct is a function of the input, whose value Snakemake does not count
+        corrections=config["predict"]["corrections"],
+        correction_stride=config["predict"]["correction_stride"],
         batch_size=config["predict"]["batch_size"],
         passes=prediction_flags(),
         lddmm=lddmm_args(),

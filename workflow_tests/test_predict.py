@@ -340,7 +340,7 @@ def test_mc_uncertainty_and_correction_files(trained, tmp_path, cli):
     assert (u >= 0).all() and u.max() > 0
     js = json.loads((out / "summary.json").read_text())
     assert js["samples"] == 3 and js["corrected"] is True and js["detj_min"] > 0
-    assert js["correction_stride"] == 13 and js["stride"] == 14  # the model's
+    assert js["correction_stride"] == 13 and js["stride"] == 7  # the model's (trained on stride-7 patches)
     assert js["uncertainty"]["units"] == "mm^2" and "variance" in js["uncertainty"]["definition"]
     assert js["uncertainty"]["max"] == pytest.approx(u.max(), rel=1e-5)
     # the same seed gives the same files
