@@ -6,7 +6,8 @@ config (``provenance/config.yaml``), its trained networks
 pre-processed images (the first test pair of ``cohort/pairs.tsv`` unless
 ``--pair`` names another). Then, in this one process and on ``--device``,
 times each method on that pair end to end as the workflow runs it (with the
-run's ``predict.stride``, ``predict.mirror_axes`` and ``predict.corrections``: read the images, register, write the outputs to a
+run's ``predict.stride``, ``predict.mirror_axes`` (not for predict-mc), ``predict.corrections`` and
+``predict.correction_stride``: read the images, register, write the outputs to a
 temporary folder):
 
 * ``predict``: the prediction network, shooting, outputs;
@@ -90,17 +91,20 @@ def main(argv=None) -> int:
 
     stride = config.get("predict", {}).get("stride") or None  # the run's prediction stride (0: the models')
     corrections = int(config.get("predict", {}).get("corrections", 1))
+    correction_stride = config.get("predict", {}).get("correction_stride") or None
     mirror_axes = tuple(config.get("predict", {}).get("mirror_axes", ()))
 
     def predict(out, **kw):
+        kw.setdefault("mirror_axes", mirror_axes)
         return run_predict(model, moving, target, out, labels=labels, device=args.device, progress=False,
-                           seed=config["seed"], stride=stride, mirror_axes=mirror_axes, **kw)
+                           seed=config["seed"], stride=stride, **kw)
 
     methods = {
         "predict": lambda out: predict(out),
-        "predict-correct": ((lambda out: predict(out, correction_model=correction, corrections=corrections))
+        "predict-correct": ((lambda out: predict(out, correction_model=correction, corrections=corrections,
+                                                 correction_stride=correction_stride))
                             if correction.exists() else None),
-        "predict-mc": lambda out: predict(out, samples=args.samples),
+        "predict-mc": lambda out: predict(out, samples=args.samples, mirror_axes=()),  # as the workflow: no mirrors
         "lddmm": lambda out: run_lddmm(moving, target, out, labels=labels, iterations=lcfg["iterations"],
                                        optimizer=lcfg.get("optimizer", "lbfgs"),
                                        similarity=lcfg.get("similarity", "ssd"), window=lcfg.get("window", 5),

@@ -149,6 +149,14 @@ def mirror_subsets(mirror_axes) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(sorted(axes), r)]
 
 
+def check_mirror_axes(mirror_axes) -> None:
+    """``--mirror-axes`` of the command line: :func:`mirror_subsets`'s check as a :class:`QsInputError`."""
+    try:
+        mirror_subsets(mirror_axes)
+    except ValueError as exc:
+        raise QsInputError(f"--mirror-axes: {exc}") from None
+
+
 def _network_field(model, p: int, vol: torch.Tensor, starts: np.ndarray, batch_size: int, bar) -> torch.Tensor:
     """The network's output over the patches at ``starts`` of ``vol`` ``(2, I, J, K)``: ``(3, I, J, K)`` float64.
 
@@ -170,14 +178,14 @@ def _network_field(model, p: int, vol: torch.Tensor, starts: np.ndarray, batch_s
     return torch.where(cnt > 0, acc / cnt.clamp_min(1), torch.zeros_like(acc))
 
 
-def _predict_pass(model, meta, volumes: torch.Tensor, starts: np.ndarray, *, batch_size: int, device, progress,
-                  desc: str, mirror_axes=(), stride=None) -> torch.Tensor:
-    """One pass of the network over the patches at ``starts``: the momentum ``(3, I, J, K)``, CPU float32.
+def _predict_pass(model, meta, volumes: torch.Tensor, windows: dict, *, batch_size: int, device, progress,
+                  desc: str) -> torch.Tensor:
+    """One pass of the network: the momentum ``(3, I, J, K)``, CPU float32.
 
-    :func:`_network_field`, averaged over the mirror images of the pair
-    (:func:`mirror_subsets` of ``mirror_axes``): the pair flipped along those
-    axes, predicted on the foreground patches of its own sliding window
-    (:func:`prediction_starts`, ``stride``), the output flipped back and its
+    :func:`_network_field`, averaged over the mirror images of the pair:
+    ``windows`` maps each subset of the mirror axes (:func:`_prepare`) to the
+    foreground patches of the pair flipped along those axes, each mirror
+    image on its own sliding window; the output is flipped back and its
     components along the flipped axes negated. LDDMM with an isotropic
     kernel and similarity commutes with mirroring, a trained network only
     roughly, so the mean is an ensemble; where the window does not fit the
@@ -189,19 +197,16 @@ def _predict_pass(model, meta, volumes: torch.Tensor, starts: np.ndarray, *, bat
     """
     p = int(meta["patch"])
     vol = volumes.to(device)
-    subsets = mirror_subsets(mirror_axes)
     total = None
-    with torch.no_grad(), _bar(len(subsets) * -(-len(starts) // batch_size), desc, progress) as bar:
-        for axes in subsets:
+    with torch.no_grad(), _bar(sum(-(-len(st) // batch_size) for st in windows.values()), desc, progress) as bar:
+        for axes, st in windows.items():
             flip = [1 + a for a in axes]
-            v = vol.flip(flip) if axes else vol
-            st = prediction_starts(meta, v[0].cpu(), v[1].cpu(), stride) if axes else starts
-            y = _network_field(model, p, v, st, batch_size, bar)
+            y = _network_field(model, p, vol.flip(flip) if axes else vol, st, batch_size, bar)
             if axes:
                 y = y.flip(flip)
                 y[list(axes)] *= -1
             total = y if total is None else total + y
-    out = (total / len(subsets)).to(torch.float32) / float(meta["momentum_scale"])
+    out = (total / len(windows)).to(torch.float32) / float(meta["momentum_scale"])
     return to_momentum(out, field_of(meta), meta["spacing"], meta).cpu()
 
 
@@ -213,13 +218,16 @@ def prediction_starts(meta, moving, target, stride=None) -> np.ndarray:
                              float(meta.get("background_threshold", 0.0)))
 
 
-def _prepare(model, meta, moving, target, stride, device):
+def _prepare(model, meta, moving, target, stride, device, mirror_axes=()):
+    """The stacked pair ``(2, I, J, K)`` and the windows of :func:`_predict_pass`: mirror axes -> patch corners."""
     moving, target = _volume(moving, "moving"), _volume(target, "target")
     if moving.shape != target.shape:
         raise ValueError(f"moving {tuple(moving.shape)} and target {tuple(target.shape)} must have the same shape")
-    starts = prediction_starts(meta, moving, target, stride)
+    windows = {axes: prediction_starts(meta, moving.flip(axes) if axes else moving,
+                                       target.flip(axes) if axes else target, stride)
+               for axes in mirror_subsets(mirror_axes)}
     model.to(device).eval()
-    return torch.stack([moving, target]), starts
+    return torch.stack([moving, target]), windows
 
 
 def iter_momentum_samples(model, meta, moving, target, *, samples: int, seed: int = 0, stream: int = 0,
@@ -233,7 +241,7 @@ def iter_momentum_samples(model, meta, moving, target, *, samples: int, seed: in
     Each sample averages the mirror images of ``mirror_axes`` (:func:`_predict_pass`).
     """
     device = _device(device)
-    volumes, starts = _prepare(model, meta, moving, target, stride, device)
+    volumes, windows = _prepare(model, meta, moving, target, stride, device, mirror_axes)
     if not _has_dropout(model):
         enable_mc_dropout(model, True)  # raises the explanatory ValueError
     rng_devices = [device.index or 0] if device.type == "cuda" else []
@@ -242,8 +250,8 @@ def iter_momentum_samples(model, meta, moving, target, *, samples: int, seed: in
             torch.manual_seed(_sample_seed(seed, stream, s))
             enable_mc_dropout(model, True)
             try:
-                m = _predict_pass(model, meta, volumes, starts, batch_size=batch_size, device=device,
-                                  progress=False, desc=desc, mirror_axes=mirror_axes, stride=stride)
+                m = _predict_pass(model, meta, volumes, windows, batch_size=batch_size, device=device,
+                                  progress=False, desc=desc)
             finally:
                 enable_mc_dropout(model, False)
         yield m
@@ -270,10 +278,10 @@ def predict_momentum(model, meta, moving, target, *, stride=None, batch_size: in
     device = _device(device)
     progress = _progress(progress)
     if int(samples) == 1:
-        volumes, starts = _prepare(model, meta, moving, target, stride, device)
+        volumes, windows = _prepare(model, meta, moving, target, stride, device, mirror_axes)
         enable_mc_dropout(model, False)
-        return _predict_pass(model, meta, volumes, starts, batch_size=batch_size, device=device,
-                             progress=progress, desc="predict", mirror_axes=mirror_axes, stride=stride), None
+        return _predict_pass(model, meta, volumes, windows, batch_size=batch_size, device=device,
+                             progress=progress, desc="predict"), None
     out = []
     with _bar(int(samples), "MC samples", progress) as bar:
         for m in iter_momentum_samples(model, meta, moving, target, samples=samples, seed=seed, stride=stride,
@@ -623,10 +631,7 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
         raise QsInputError(f"--corrections must be >= 1, got {corrections}")
     if int(corrections) > 1 and correction_model is None:
         raise QsInputError(f"--corrections {corrections} needs a correction model (--correct)")
-    try:
-        mirror_subsets(mirror_axes)
-    except ValueError as exc:
-        raise QsInputError(f"--mirror-axes: {exc}") from None
+    check_mirror_axes(mirror_axes)
     if int(batch_size) < 1:
         raise QsInputError(f"--batch-size must be >= 1, got {batch_size}")
     tgt = load_image(target, what="target image")
@@ -698,10 +703,7 @@ def run_correction_patches(model_path, moving, target, momentum, out, *, patch: 
     _check_spacing(tgt, target, meta, model_path)
     if predict_stride is not None and not 1 <= int(predict_stride) <= int(meta["patch"]):
         raise QsInputError(f"--predict-stride must be between 1 and the patch size {meta['patch']}, got {predict_stride}")
-    try:
-        mirror_subsets(mirror_axes)
-    except ValueError as exc:
-        raise QsInputError(f"--mirror-axes: {exc}") from None
+    check_mirror_axes(mirror_axes)
     mv, back, resid = correction_inputs(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), m0, model, meta,
                                         stride=predict_stride, batch_size=batch_size, device=dev,
                                         spacing=grid_spacing(tgt), progress=_progress(progress),

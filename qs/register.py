@@ -224,7 +224,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     output paths under ``"outputs"``.
     """
     from .model_io import read_meta
-    from .predict import load_models, mirror_subsets, run_predict
+    from .predict import check_mirror_axes, load_models, run_predict
     from .preprocess import preprocess_subject
 
     t_start = time.perf_counter()
@@ -234,10 +234,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
         raise QsInputError(f"--out {prefix!r}: give a path prefix such as out/sub1_to_sub2, not a folder")
     if int(corrections) < 1 or (int(corrections) > 1 and correction_model is None):
         raise QsInputError(f"--corrections {corrections}: give 1, or more rounds together with --correct")
-    try:
-        mirror_subsets(mirror_axes)
-    except ValueError as exc:
-        raise QsInputError(f"--mirror-axes: {exc}") from None
+    check_mirror_axes(mirror_axes)
     mov_img = load_image(moving, what="moving image")
     tgt_img = load_image(target, what="target image")
     lab_img = load_labels(labels, reference=mov_img, reference_path=moving) if labels is not None else None
