@@ -149,12 +149,28 @@ def mirror_subsets(mirror_axes) -> list[tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(sorted(axes), r)]
 
 
-def check_mirror_axes(mirror_axes) -> None:
-    """``--mirror-axes`` of the command line: :func:`mirror_subsets`'s check as a :class:`QsInputError`."""
+def check_prediction_options(*, corrections: int = 1, correction_model=None, samples: int = 1, batch_size: int = 64,
+                             mirror_axes=(), stride=None, correction_stride=None, patch: int | None = None) -> None:
+    """The numbers of ``qs predict`` / ``qs register`` / ``qs correction-patches``, checked before any long step.
+
+    Raises :class:`QsInputError` naming the flag. The strides (voxels) are
+    checked against the model's ``patch`` size when it is given.
+    """
+    if int(samples) < 1:
+        raise QsInputError(f"--samples must be >= 1, got {samples}")
+    if int(corrections) < 1:
+        raise QsInputError(f"--corrections must be >= 1, got {corrections}")
+    if int(corrections) > 1 and correction_model is None:
+        raise QsInputError(f"--corrections {corrections} needs a correction model (--correct)")
+    if int(batch_size) < 1:
+        raise QsInputError(f"--batch-size must be >= 1, got {batch_size}")
     try:
         mirror_subsets(mirror_axes)
     except ValueError as exc:
         raise QsInputError(f"--mirror-axes: {exc}") from None
+    for flag, value in (("--stride", stride), ("--correction-stride", correction_stride)):
+        if value is not None and patch is not None and not 1 <= int(value) <= int(patch):
+            raise QsInputError(f"{flag} must be between 1 and the patch size {patch}, got {value}")
 
 
 def _network_field(model, p: int, vol: torch.Tensor, starts: np.ndarray, batch_size: int, bar) -> torch.Tensor:
@@ -625,15 +641,8 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
     """
     t_start = time.perf_counter()
     moving, target, out_dir = Path(moving), Path(target), Path(out_dir)
-    if int(samples) < 1:
-        raise QsInputError(f"--samples must be >= 1, got {samples}")
-    if int(corrections) < 1:
-        raise QsInputError(f"--corrections must be >= 1, got {corrections}")
-    if int(corrections) > 1 and correction_model is None:
-        raise QsInputError(f"--corrections {corrections} needs a correction model (--correct)")
-    check_mirror_axes(mirror_axes)
-    if int(batch_size) < 1:
-        raise QsInputError(f"--batch-size must be >= 1, got {batch_size}")
+    check_prediction_options(corrections=corrections, correction_model=correction_model, samples=samples,
+                             batch_size=batch_size, mirror_axes=mirror_axes)
     tgt = load_image(target, what="target image")
     mov = load_image(moving, what="moving image")
     check_same_grid(tgt, mov, target, moving)
@@ -645,13 +654,13 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
         if m_ is not None and min(tgt.shape) < int(m_["patch"]):
             raise QsInputError(f"{target}: grid {tuple(tgt.shape)} is smaller than the patch size {m_['patch']} "
                                f"of {path_} along an axis")
-    for flag, value in (("--stride", stride), ("--correction-stride", correction_stride)):
-        if value is not None and not 1 <= int(value) <= int(meta["patch"]):
-            raise QsInputError(f"{flag} must be between 1 and the patch size {meta['patch']}, got {value}")
+    check_prediction_options(stride=stride, correction_stride=correction_stride, patch=meta["patch"])
     h = grid_spacing(tgt)
     res = predict_registration(model, meta, np.asarray(mov.dataobj), np.asarray(tgt.dataobj), spacing=h,
-                               correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride, correction_stride=stride if correction_stride is None else correction_stride,
-                               mirror_axes=mirror_axes, batch_size=batch_size, device=dev, progress=progress, compile=compile)
+                               correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride,
+                               correction_stride=stride if correction_stride is None else correction_stride,
+                               mirror_axes=mirror_axes, batch_size=batch_size, device=dev, progress=progress,
+                               compile=compile)
 
     from .lddmm.run import write_registration
 
@@ -703,7 +712,7 @@ def run_correction_patches(model_path, moving, target, momentum, out, *, patch: 
     _check_spacing(tgt, target, meta, model_path)
     if predict_stride is not None and not 1 <= int(predict_stride) <= int(meta["patch"]):
         raise QsInputError(f"--predict-stride must be between 1 and the patch size {meta['patch']}, got {predict_stride}")
-    check_mirror_axes(mirror_axes)
+    check_prediction_options(batch_size=batch_size, mirror_axes=mirror_axes)
     mv, back, resid = correction_inputs(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), m0, model, meta,
                                         stride=predict_stride, batch_size=batch_size, device=dev,
                                         spacing=grid_spacing(tgt), progress=_progress(progress),

@@ -214,17 +214,19 @@ def _ncc(a, b, mask) -> float:
 
 
 def run_register(moving, target, model_path, out_prefix, *, correction_model=None, corrections: int = 1,
-                 stride=None, mirror_axes=(), atlas=None, atlas_mask=None, labels=None, samples: int = 1, device="auto", seed: int = 0, threads: int = 1,
-                 normalize: str = "percentile", margin_mm: float = 8.0, batch_size: int = 64, progress=None) -> dict:
+                 stride=None, correction_stride=None, mirror_axes=(), atlas=None, atlas_mask=None, labels=None,
+                 samples: int = 1, device="auto", seed: int = 0, threads: int = 1, normalize: str = "percentile",
+                 margin_mm: float = 8.0, batch_size: int = 64, progress=None) -> dict:
     """``qs register``: register the raw ``moving`` image to the raw ``target`` with a trained model.
 
     See the module docstring for the steps, the transform design and the
-    outputs. ``corrections``, ``stride`` and ``mirror_axes`` as in :func:`qs.predict.run_predict`
-    (``qs predict --corrections/--stride/--mirror-axes``). Returns the summary (also ``PREFIX_summary.json``) with the
+    outputs. ``corrections``, ``stride``, ``correction_stride`` and ``mirror_axes`` as in
+    :func:`qs.predict.run_predict` (``qs predict --corrections/--stride/--correction-stride/--mirror-axes``), checked
+    before the affine step. Returns the summary (also ``PREFIX_summary.json``) with the
     output paths under ``"outputs"``.
     """
     from .model_io import read_meta
-    from .predict import check_mirror_axes, load_models, run_predict
+    from .predict import check_prediction_options, load_models, run_predict
     from .preprocess import preprocess_subject
 
     t_start = time.perf_counter()
@@ -232,13 +234,13 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     prefix = str(out_prefix)
     if not Path(prefix).name or prefix.endswith(("/", "\\")) or Path(prefix).is_dir():
         raise QsInputError(f"--out {prefix!r}: give a path prefix such as out/sub1_to_sub2, not a folder")
-    if int(corrections) < 1 or (int(corrections) > 1 and correction_model is None):
-        raise QsInputError(f"--corrections {corrections}: give 1, or more rounds together with --correct")
-    check_mirror_axes(mirror_axes)
     mov_img = load_image(moving, what="moving image")
     tgt_img = load_image(target, what="target image")
     lab_img = load_labels(labels, reference=mov_img, reference_path=moving) if labels is not None else None
     meta = read_meta(model_path)
+    check_prediction_options(corrections=corrections, correction_model=correction_model, samples=samples,
+                             batch_size=batch_size, mirror_axes=mirror_axes, stride=stride,
+                             correction_stride=correction_stride, patch=meta["patch"])
     load_models(model_path, correction_model)  # kinds and shared settings, before any long step
     spacing_mm = np.asarray(meta["spacing"], dtype=float).reshape(-1)
     if spacing_mm.size == 1:
@@ -255,8 +257,8 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
 
     pred = run_predict(model_path, pre["moving"]["t1"], pre["target"]["t1"], work / "predict",
                        correction_model=correction_model, corrections=corrections, stride=stride,
-                       mirror_axes=mirror_axes, samples=samples, device=device, batch_size=batch_size,
-                       seed=seed, progress=progress)
+                       correction_stride=correction_stride, mirror_axes=mirror_axes, samples=samples,
+                       device=device, batch_size=batch_size, seed=seed, progress=progress)
 
     t0 = time.perf_counter()
     w, warped, warped_lab, aff_lps = compose_to_target(work / "predict" / "warp.nii.gz", pre["target"]["affine"],
@@ -315,7 +317,8 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
 def _register(args):
     summary = run_register(
         args.moving, args.target, args.model, args.out, correction_model=args.correction_model,
-        corrections=args.corrections, stride=args.stride, mirror_axes=args.mirror_axes, atlas=args.atlas,
+        corrections=args.corrections, stride=args.stride, correction_stride=args.correction_stride,
+        mirror_axes=args.mirror_axes, atlas=args.atlas,
         atlas_mask=args.atlas_mask, labels=args.labels, samples=args.samples, device=args.device, seed=args.seed,
         threads=args.threads, normalize=args.normalize, margin_mm=args.margin, batch_size=args.batch_size,
     )
@@ -336,6 +339,7 @@ def add_subcommands(sub) -> None:
                    help="correction model")
     p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct (paper: 1)")
     p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
+    p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
     add_mirror_axes(p)
     p.add_argument("--atlas", type=Path, help="atlas T1 on the model's working grid (default: built-in MNI at the model's spacing)")
     p.add_argument("--atlas-mask", type=Path, help="brain mask of --atlas")

@@ -458,7 +458,7 @@ def test_register_raw_images(trained, tmp_path, cli):
     prefix = tmp_path / "reg" / "s1_to_s2"
     rc = cli(["register", str(mov), str(tgt), "--model", str(trained["random4"]), "--correct",
               str(trained["random4_correction"]), "--corrections", "2", "--stride", "13",
-              "--labels", str(labels), "--out", str(prefix), "--device", "cpu"])
+              "--correction-stride", "11", "--labels", str(labels), "--out", str(prefix), "--device", "cpu"])
     assert rc == 0
     P = lambda s: tmp_path / "reg" / f"s1_to_s2{s}"  # noqa: E731
     for s in ("_affine.mat", "_warp.nii.gz", "_warped.nii.gz", "_warped_labels.nii.gz", "_transforms.txt",
@@ -498,6 +498,7 @@ def test_register_raw_images(trained, tmp_path, cli):
     assert js["corrected"] and js["detj_min"] > 0 and js["whichtoinvert"] == [False, False]
     assert js["spacing"] == [4.0] * 3 and (work / "predict" / "m0.nii.gz").exists()
     assert js["prediction"]["corrections"] == 2 and js["prediction"]["stride"] == 13
+    assert js["prediction"]["correction_stride"] == 11
 
 
 def test_register_refuses_an_atlas_of_another_spacing(trained, tmp_path):
@@ -508,10 +509,15 @@ def test_register_refuses_an_atlas_of_another_spacing(trained, tmp_path):
     with pytest.raises(QsInputError, match="atlas spacing .* differs from the working spacing"):
         run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", trained["model"],
                      tmp_path / "x", atlas=atlas, atlas_mask=demo / "atlas" / "atlas_mask.nii.gz")
-    with pytest.raises(QsInputError, match="--corrections 2: give 1, or more rounds together with --correct"):
-        run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", trained["model"],
-                     tmp_path / "y", corrections=2)
-    assert not (tmp_path / "y_atlas").exists()
+    # the numbers are checked before the affine step: nothing written
+    for kw, msg in (({"corrections": 2}, "--corrections 2 needs a correction model"),
+                    ({"correction_stride": 99}, "--correction-stride must be between 1 and the patch size"),
+                    ({"stride": 0}, "--stride must be between 1 and the patch size"),
+                    ({"mirror_axes": (3,)}, "--mirror-axes: mirror axes must be distinct")):
+        with pytest.raises(QsInputError, match=msg):
+            run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz",
+                         trained["model"], tmp_path / "y", **kw)
+        assert not (tmp_path / "y_atlas").exists()
     with pytest.raises(QsInputError, match="--atlas and --atlas-mask go together"):
         run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", trained["model"],
                      tmp_path / "x", atlas=atlas)
