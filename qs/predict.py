@@ -150,11 +150,12 @@ def mirror_subsets(mirror_axes) -> list[tuple[int, ...]]:
 
 
 def check_prediction_options(*, corrections: int = 1, correction_model=None, samples: int = 1, batch_size: int = 64,
-                             mirror_axes=(), stride=None, correction_stride=None, patch: int | None = None) -> None:
+                             mirror_axes=(), strides: dict | None = None, patch: int | None = None) -> None:
     """The numbers of ``qs predict`` / ``qs register`` / ``qs correction-patches``, checked before any long step.
 
-    Raises :class:`QsInputError` naming the flag. The strides (voxels) are
-    checked against the model's ``patch`` size when it is given.
+    Raises :class:`QsInputError` naming the flag. ``strides`` maps stride
+    flags to their values (voxels, None: not given), checked against the
+    model's ``patch`` size.
     """
     if int(samples) < 1:
         raise QsInputError(f"--samples must be >= 1, got {samples}")
@@ -168,8 +169,8 @@ def check_prediction_options(*, corrections: int = 1, correction_model=None, sam
         mirror_subsets(mirror_axes)
     except ValueError as exc:
         raise QsInputError(f"--mirror-axes: {exc}") from None
-    for flag, value in (("--stride", stride), ("--correction-stride", correction_stride)):
-        if value is not None and patch is not None and not 1 <= int(value) <= int(patch):
+    for flag, value in (strides or {}).items():
+        if value is not None and not 1 <= int(value) <= int(patch):
             raise QsInputError(f"{flag} must be between 1 and the patch size {patch}, got {value}")
 
 
@@ -654,7 +655,8 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
         if m_ is not None and min(tgt.shape) < int(m_["patch"]):
             raise QsInputError(f"{target}: grid {tuple(tgt.shape)} is smaller than the patch size {m_['patch']} "
                                f"of {path_} along an axis")
-    check_prediction_options(stride=stride, correction_stride=correction_stride, patch=meta["patch"])
+    check_prediction_options(strides={"--stride": stride, "--correction-stride": correction_stride},
+                             patch=meta["patch"])
     h = grid_spacing(tgt)
     res = predict_registration(model, meta, np.asarray(mov.dataobj), np.asarray(tgt.dataobj), spacing=h,
                                correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride,
@@ -710,9 +712,8 @@ def run_correction_patches(model_path, moving, target, momentum, out, *, patch: 
     dev = _device(device)
     model, meta = load_model(model_path, expect={**(expect or {}), "kind": "prediction"}, device=dev)
     _check_spacing(tgt, target, meta, model_path)
-    if predict_stride is not None and not 1 <= int(predict_stride) <= int(meta["patch"]):
-        raise QsInputError(f"--predict-stride must be between 1 and the patch size {meta['patch']}, got {predict_stride}")
-    check_prediction_options(batch_size=batch_size, mirror_axes=mirror_axes)
+    check_prediction_options(batch_size=batch_size, mirror_axes=mirror_axes,
+                             strides={"--predict-stride": predict_stride}, patch=meta["patch"])
     mv, back, resid = correction_inputs(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), m0, model, meta,
                                         stride=predict_stride, batch_size=batch_size, device=dev,
                                         spacing=grid_spacing(tgt), progress=_progress(progress),

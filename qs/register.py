@@ -239,8 +239,9 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     lab_img = load_labels(labels, reference=mov_img, reference_path=moving) if labels is not None else None
     meta = read_meta(model_path)
     check_prediction_options(corrections=corrections, correction_model=correction_model, samples=samples,
-                             batch_size=batch_size, mirror_axes=mirror_axes, stride=stride,
-                             correction_stride=correction_stride, patch=meta["patch"])
+                             batch_size=batch_size, mirror_axes=mirror_axes,
+                             strides={"--stride": stride, "--correction-stride": correction_stride},
+                             patch=meta["patch"])
     load_models(model_path, correction_model)  # kinds and shared settings, before any long step
     spacing_mm = np.asarray(meta["spacing"], dtype=float).reshape(-1)
     if spacing_mm.size == 1:

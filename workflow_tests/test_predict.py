@@ -25,7 +25,8 @@ from qs.model_io import RUN_KEYS, load_model, save_model
 from qs.net import MCDropout, QuicksilverNet, enable_mc_dropout
 from qs.patches import extract_patches, patch_starts, reassemble, write_pair_patches
 from qs.predict import (COMPILE_MIN_SHOTS, Shooting, correction_inputs, iter_momentum_samples, load_models, predict_momentum,
-                        predict_registration, prediction_starts, run_predict, shooting_compile, warp_back)
+                        predict_registration, prediction_starts, run_correction_patches, run_predict, shooting_compile,
+                        warp_back)
 from qs.transforms import read_ants_displacement
 
 SPACING = 6.0
@@ -365,6 +366,11 @@ def test_correction_patches_cli(trained, tmp_path, cli):
     side = json.loads(out.with_suffix(".json").read_text())
     arr = np.load(out)
     assert side["pair"] == "p" and arr.shape[0] == side["n_patches"] > 0 and arr.shape[1:] == (5, 15, 15, 15)
+    bad = tmp_path / "bad.npy"
+    with pytest.raises(QsInputError, match="--predict-stride must be between 1 and the patch size 15, got 16"):
+        run_correction_patches(trained["model"], t1(trained, a), t1(trained, b), lddmm, bad, patch=15, stride=7,
+                               predict_stride=16, device="cpu")
+    assert not bad.exists()
 
 
 # ---------------------------------------------------------------------------
