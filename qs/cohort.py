@@ -72,6 +72,7 @@ def _validate_table(table: pd.DataFrame, source, root: Path) -> pd.DataFrame:
         raise QsInputError(f"{source}: duplicate subject id(s): {', '.join(dup)}")
     for col in ("t1", "t2", "labels"):
         table[col] = [_resolve(p, root, source, subject, col) for p, subject in zip(table[col], table["subject"])]
+    _check_distinct_files(table, source)
     return table.reset_index(drop=True)
 
 
@@ -80,9 +81,60 @@ def _resolve(value: str, root: Path, source, subject: str, col: str) -> str:
         return ""
     p = Path(value)
     p = p if p.is_absolute() else (root / p)
+    if p.is_symlink() and not p.exists():
+        raise QsInputError(f"{source}: subject '{subject}': {col} file {p} is a broken symbolic link or a symbolic link loop")
     if not p.is_file():
         raise QsInputError(f"{source}: subject '{subject}': {col} file {p} does not exist")
-    return str(p.resolve())
+    resolved = str(p.resolve())
+    check_workflow_path(resolved, f"{source}: subject '{subject}': {col} file")
+    return resolved
+
+
+#: characters a path handed to the workflow may not hold: Snakemake reads braces as wildcards,
+#: and control characters (newlines, tabs) break the subject sheet, logs and shell commands
+_UNUSABLE = re.compile(r"[{}\x00-\x1f\x7f]")
+
+
+def check_workflow_path(path, what: str) -> None:
+    """Refuse a path the workflow cannot carry (braces, control characters), naming ``what``.
+
+    Every other character (spaces, quotes, ``;``, ``$``, unicode) is fine: the rules quote
+    each path (``:q``) before it reaches a shell command.
+    """
+    bad = sorted(set(_UNUSABLE.findall(str(path))))
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        raise QsInputError(f"{what} {str(path)!r} contains {shown}, which the workflow cannot use in a path "
+                           "(Snakemake reads braces as wildcards; control characters break commands and logs); "
+                           "rename it or link it from a path without them")
+
+
+def check_config_paths(config: dict) -> None:
+    """:func:`check_workflow_path` for every path setting of the workflow config."""
+    paths = {"results": config["results"], "cohort.sheet": config["cohort"]["sheet"], "cohort.bids": config["cohort"]["bids"]}
+    paths |= {f"atlas.{k}": config["atlas"].get(k, "") for k in ("t1", "mask", "labels", "t2")}
+    for key, value in paths.items():
+        if value:
+            check_workflow_path(value, f"config: {key}:")
+
+
+def _check_distinct_files(table: pd.DataFrame, source) -> None:
+    """Refuse one file given twice (the same path, a link to it or a hard link), naming both subjects."""
+    seen = {}
+    for row in table.itertuples():
+        for col in ("t1", "t2", "labels"):
+            path = getattr(row, col)
+            if not path:
+                continue
+            st = Path(path).stat()
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                first, first_col, first_path = seen[key]
+                same = path if path == first_path else f"{first_path} and {path}"
+                who = f"subject '{first}'" if first == row.subject else f"subjects '{first}' and '{row.subject}'"
+                raise QsInputError(f"{source}: {who} use the same file {same} ({first_col} of '{first}', "
+                                   f"{col} of '{row.subject}'); each image of each subject must be its own file")
+            seen[key] = (row.subject, col, path)
 
 
 def discover_bids(root, *, label_suffixes=("dseg", "labels")) -> pd.DataFrame:

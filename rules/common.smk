@@ -6,7 +6,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from qs.cohort import demo_table, load_cohort, make_pairs
+from qs.cohort import check_config_paths, demo_table, load_cohort, make_pairs
 from qs.io import QsInputError
 from qs.validate import config_error
 
@@ -42,6 +42,7 @@ def _cohort():
 
 
 try:
+    check_config_paths(config)
     subjects = _cohort().set_index("subject", drop=False)
     validate(subjects, schema="../schemas/subjects.schema.yaml")
     pairs = make_pairs(
@@ -106,8 +107,13 @@ def subject_file(kind):
 
 
 def optional_files_flags(wildcards):
-    """Params function: ``--t2 PATH --labels PATH`` for the files the subject has."""
-    return " ".join(f"--{kind} {subjects.loc[wildcards.subject, kind]}" for kind in ("t2", "labels") if subjects.loc[wildcards.subject, kind])
+    """Params function: ``["--t2", PATH, "--labels", PATH]`` for the files the subject has.
+
+    Flag builders return lists of arguments: the rules render them with ``:q``, which quotes
+    each argument on its own, so that a path with spaces or shell characters stays one argument.
+    """
+    return [arg for kind in ("t2", "labels") if subjects.loc[wildcards.subject, kind]
+            for arg in (f"--{kind}", subjects.loc[wildcards.subject, kind])]
 
 
 def atlas_source(kind):
@@ -161,14 +167,19 @@ def pair_labels(role):
 
 
 def labels_flag(wildcards, input):
-    """Params function: ``--labels PATH`` for the rule's ``labels`` input, or ''."""
-    return f"--labels {input.labels[0]}" if input.labels else ""
+    """Params function: ``["--labels", PATH]`` for the rule's ``labels`` input, or []."""
+    return ["--labels", input.labels[0]] if input.labels else []
 
 
-def correction_stride_flag():
-    """`` --correction-stride N`` of ``qs predict`` (config ``predict.correction_stride``), or '' (the prediction's)."""
+def correction_flags(wildcards, input):
+    """Params function: ``qs predict``'s correction flags when the rule has a ``correction`` model input, else []
+    (``--corrections`` from ``predict.corrections``; ``--correction-stride`` from ``predict.correction_stride``,
+    0: the prediction's)."""
+    if not input.correction:
+        return []
+    flags = ["--correct", input.correction[0], "--corrections", config["predict"]["corrections"]]
     stride = config["predict"]["correction_stride"]
-    return f" --correction-stride {stride}" if stride else ""
+    return flags + (["--correction-stride", stride] if stride else [])
 
 
 def prediction_flags(stride_flag="--stride", mirror=True):
@@ -177,27 +188,28 @@ def prediction_flags(stride_flag="--stride", mirror=True):
     ``stride_flag="--predict-stride"``, of ``qs correction-patches`` (the correction network learns the
     residuals of the same prediction)."""
     stride, axes = config["predict"]["stride"], config["predict"]["mirror_axes"] if mirror else []
-    flags = [f"{stride_flag} {stride}"] if stride else []
+    flags = [stride_flag, stride] if stride else []
     if axes:
-        flags.append("--mirror-axes " + " ".join(str(a) for a in axes))
-    return " ".join(flags)
+        flags += ["--mirror-axes", *axes]
+    return flags
 
 
 def lddmm_args():
-    """The LDDMM kernel and shooting settings as command-line flags (one source: config)."""
+    """The LDDMM kernel and shooting settings as command-line arguments (one source: config)."""
     c = config["lddmm"]
-    return f"--alpha {c['alpha']} --beta {c['beta']} --gamma {c['gamma']} --sigma {c['sigma']} --time-steps {c['time_steps']}"
+    return ["--alpha", c["alpha"], "--beta", c["beta"], "--gamma", c["gamma"], "--sigma", c["sigma"], "--time-steps", c["time_steps"]]
 
 
 def train_args(kind):
-    """Flags of ``qs train`` for the ``kind`` network, all from config."""
+    """Arguments of ``qs train`` for the ``kind`` network, all from config (``T1->T2``: ``:q`` keeps the '>')."""
     t = config["train"]
-    modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"  # quoted below: a bare '>' redirects
-    return (
-        f"--architecture {t['architecture']} --features {t['features']} --epochs {t['epochs']} --batch-size {t['batch_size']} --lr {t['lr']} --loss {t['loss']} "
-        f"--dropout {t['dropout']} --val-fraction {t['val_fraction']} --device {t['device']} --seed {config['seed']} "
-        f"--spacing {config['grid']['spacing']} --modality '{modality}' {lddmm_args()}"
-    )
+    modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"
+    return [
+        "--architecture", t["architecture"], "--features", t["features"], "--epochs", t["epochs"],
+        "--batch-size", t["batch_size"], "--lr", t["lr"], "--loss", t["loss"], "--dropout", t["dropout"],
+        "--val-fraction", t["val_fraction"], "--device", t["device"], "--seed", config["seed"],
+        "--spacing", config["grid"]["spacing"], "--modality", modality, *lddmm_args(),
+    ]
 
 
 def registration_outputs(folder):
@@ -237,13 +249,13 @@ def evaluation_inputs(w):
 
 
 def evaluation_args(w, input):
-    """Flags of ``qs evaluate-pair`` built from its inputs."""
+    """Arguments of ``qs evaluate-pair`` built from its inputs (``--method NAME=FOLDER`` ...)."""
     methods = [m for m in ("syn", *predicted_methods()) if m in input.keys()]
-    flags = [f"--method {m}={os.path.dirname(input[m])}" for m in methods]
+    flags = [arg for m in methods for arg in ("--method", f"{m}={os.path.dirname(input[m])}")]
     for key in ("target_labels", "moving_labels"):
         if key in input.keys():
-            flags.append(f"--{key.replace('_', '-')} {input[key]}")
-    return " ".join(flags)
+            flags += [f"--{key.replace('_', '-')}", input[key]]
+    return flags
 
 
 def report_example():

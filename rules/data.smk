@@ -18,8 +18,8 @@ if config["cohort"]["source"] == "demo":
         conda:
             "../envs/qs.yaml"
         shell:
-            "qs demo --out {params.out} --subjects {params.n} --spacing {params.spacing} "
-            "--test-fraction {params.test_fraction} --seed {params.seed} > {log} 2>&1"
+            "qs demo --out {params.out:q} --subjects {params.n:q} --spacing {params.spacing:q} "
+            "--test-fraction {params.test_fraction:q} --seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule builtin_atlas:
@@ -35,7 +35,7 @@ rule builtin_atlas:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs atlas --out {params.out} > {log} 2>&1"
+        "qs atlas --out {params.out:q} > {log:q} 2>&1"
 
 
 rule working_grid:
@@ -50,16 +50,14 @@ rule working_grid:
         spacing=config["grid"]["spacing"],
         margin=config["grid"]["margin_mm"],
         out=lambda w, output: os.path.dirname(output.t1),
-        extra=lambda w, input: " ".join(
-            f"--{k} {input[k][0]}" for k in ("labels", "t2") if input[k]
-        ),
+        extra=lambda w, input: [arg for k in ("labels", "t2") if input[k] for arg in (f"--{k}", input[k][0])],
     log:
         f"{LOGS}/working_grid.log",
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs grid --t1 {input.t1} --mask {input.mask} {params.extra} --spacing {params.spacing} "
-        "--margin {params.margin} --out {params.out} > {log} 2>&1"
+        "qs grid --t1 {input.t1:q} --mask {input.mask:q} {params.extra:q} --spacing {params.spacing:q} "
+        "--margin {params.margin:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule cohort_tables:
@@ -94,4 +92,4 @@ rule validate_subject:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs validate --subject {wildcards.subject} --t1 {input.t1} {params.extra} --out {output} > {log} 2>&1"
+        "qs validate --subject {wildcards.subject:q} --t1 {input.t1:q} {params.extra:q} --out {output:q} > {log:q} 2>&1"

@@ -24,8 +24,8 @@ rule syn:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs syn --moving {input.moving} --target {input.target} {params.labels} --seed {params.seed} "
-        "--threads {threads} --out {params.out} > {log} 2>&1"
+        "qs syn --moving {input.moving:q} --target {input.target:q} {params.labels:q} --seed {params.seed:q} "
+        "--threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_pair:
@@ -48,5 +48,5 @@ rule evaluate_pair:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs evaluate-pair --pair {wildcards.pair} --lddmm {params.lddmm} {params.methods} --mask {input.mask} "
-        "--out {params.out} > {log} 2>&1"
+        "qs evaluate-pair --pair {wildcards.pair:q} --lddmm {params.lddmm:q} {params.methods:q} --mask {input.mask:q} "
+        "--out {params.out:q} > {log:q} 2>&1"

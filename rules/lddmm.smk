@@ -30,8 +30,8 @@ rule lddmm:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs lddmm --moving {input.moving} --target {input.target} {params.labels} "
-        "--out {params.out} --iterations {params.iterations} "
-        "--coarse-iterations {params.coarse_iterations} --optimizer {params.optimizer} "
-        "--similarity {params.similarity} --window {params.window} {params.lddmm} --device {params.device} "
-        "--seed {params.seed} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs lddmm --moving {input.moving:q} --target {input.target:q} {params.labels:q} "
+        "--out {params.out:q} --iterations {params.iterations:q} "
+        "--coarse-iterations {params.coarse_iterations:q} --optimizer {params.optimizer:q} "
+        "--similarity {params.similarity:q} --window {params.window:q} {params.lddmm:q} --device {params.device:q} "
+        "--seed {params.seed:q} > {log:q} 2>&1"

@@ -14,8 +14,7 @@ rule predict:
         method="predict|predict-correct",
     params:
         labels=labels_flag,
-        correct=lambda w, input: (f"--correct {input.correction[0]} --corrections {config['predict']['corrections']}"
-                                  + correction_stride_flag() if input.correction else ""),
+        correct=correction_flags,
         # the keys themselves: correct is a function of the input, whose value Snakemake does not count
         corrections=config["predict"]["corrections"],
         correction_stride=config["predict"]["correction_stride"],
@@ -35,9 +34,9 @@ rule predict:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs predict --model {input.model} {params.correct} --moving {input.moving} "
-        "--target {input.target} {params.labels} --batch-size {params.batch_size} {params.passes} {params.lddmm} "
-        "--device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} {params.correct:q} --moving {input.moving:q} "
+        "--target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} {params.passes:q} {params.lddmm:q} "
+        "--device {params.device:q} --seed {params.seed:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule predict_mc:
@@ -68,6 +67,6 @@ rule predict_mc:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs predict --model {input.model} --samples {params.samples} "
-        "--moving {input.moving} --target {input.target} {params.labels} --batch-size {params.batch_size} "
-        "{params.passes} {params.lddmm} --device {params.device} --seed {params.seed} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} --samples {params.samples:q} "
+        "--moving {input.moving:q} --target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} "
+        "{params.passes:q} {params.lddmm:q} --device {params.device:q} --seed {params.seed:q} --out {params.out:q} > {log:q} 2>&1"

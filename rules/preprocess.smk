@@ -32,6 +32,6 @@ rule preprocess:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs preprocess --subject {wildcards.subject} --atlas {input.atlas} --atlas-mask {input.atlas_mask} "
-        "--t1 {input.t1} {params.extra} --normalize {params.normalize} --seed {params.seed} "
-        "--threads {threads} --out {params.out} > {log} 2>&1"
+        "qs preprocess --subject {wildcards.subject:q} --atlas {input.atlas:q} --atlas-mask {input.atlas_mask:q} "
+        "--t1 {input.t1:q} {params.extra:q} --normalize {params.normalize:q} --seed {params.seed:q} "
+        "--threads {threads} --out {params.out:q} > {log:q} 2>&1"

@@ -27,4 +27,4 @@ rule provenance:
         "../envs/qs.yaml"
     shell:
         "qs provenance --config-json {params.settings:q} --resources-json {params.resources:q} "
-        "--workflow-dir {params.workflow:q} --out {params.out} > {log} 2>&1"
+        "--workflow-dir {params.workflow:q} --out {params.out:q} > {log:q} 2>&1"

@@ -14,10 +14,10 @@ rule report:
         example=report(f"{R}/report/example_pair.png", caption="../report/example_pair.rst", category="Evaluation"),
         loss=report(f"{R}/report/loss.png", caption="../report/training_loss.rst", category="Training"),
     params:
-        pair_dirs=lambda w, input: " ".join(os.path.dirname(p) for p in input.pairs),
-        losses=lambda w, input: " ".join(f"--loss {os.path.basename(os.path.dirname(p))}={p}" for p in input.losses),
-        example=lambda w: " ".join(f"--example {k}={v}" for k, v in report_example().items()),
-        provenance=lambda w, input: f"--provenance-dir {os.path.dirname(input.provenance[0])}",
+        pair_dirs=lambda w, input: [os.path.dirname(p) for p in input.pairs],
+        losses=lambda w, input: [a for p in input.losses for a in ("--loss", f"{os.path.basename(os.path.dirname(p))}={p}")],
+        example=lambda w: [a for k, v in report_example().items() for a in ("--example", f"{k}={v}")],
+        provenance=lambda w, input: os.path.dirname(input.provenance[0]),
         field=config["train"]["field"],
         out=lambda w, output: os.path.dirname(output.overlap),
     log:
@@ -25,4 +25,4 @@ rule report:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs report {params.pair_dirs} {params.losses} {params.example} {params.provenance} --field {params.field} --out {params.out} > {log} 2>&1"
+        "qs report {params.pair_dirs:q} {params.losses:q} {params.example:q} --provenance-dir {params.provenance:q} --field {params.field:q} --out {params.out:q} > {log:q} 2>&1"

@@ -20,9 +20,9 @@ rule patches:
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs patches --moving {input.moving} --target {input.target} --momentum {input.momentum} "
-        "--pair {wildcards.pair} --patch {params.patch} --stride {params.stride} "
-        "--threshold {params.threshold} --field {params.field} {params.lddmm} --out {output.npy} > {log} 2>&1"
+        "qs patches --moving {input.moving:q} --target {input.target:q} --momentum {input.momentum:q} "
+        "--pair {wildcards.pair:q} --patch {params.patch:q} --stride {params.stride:q} "
+        "--threshold {params.threshold:q} --field {params.field:q} {params.lddmm:q} --out {output.npy:q} > {log:q} 2>&1"
 
 
 rule train_prediction:
@@ -45,7 +45,7 @@ rule train_prediction:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs train {input.patches} --kind prediction {params.args} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind prediction {params.args:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule correction_patches:
@@ -73,11 +73,11 @@ rule correction_patches:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model} --moving {input.moving} "
-        "--target {input.target} --momentum {input.momentum} --pair {wildcards.pair} --patch {params.patch} "
-        "--stride {params.stride} --threshold {params.threshold} --field {params.field} {params.prediction} {params.lddmm} "
-        "--device {params.device} "
-        "--out {output.npy} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model:q} --moving {input.moving:q} "
+        "--target {input.target:q} --momentum {input.momentum:q} --pair {wildcards.pair:q} --patch {params.patch:q} "
+        "--stride {params.stride:q} --threshold {params.threshold:q} --field {params.field:q} {params.prediction:q} {params.lddmm:q} "
+        "--device {params.device:q} "
+        "--out {output.npy:q} > {log:q} 2>&1"
 
 
 rule train_correction:
@@ -90,7 +90,7 @@ rule train_correction:
         plot=report(f"{R}/models/correction/loss.png", caption="../report/training_loss.rst", category="Training", labels={"model": "correction"}),
     params:
         args=train_args("correction"),
-        init=lambda w, input: f"--init {input.init[0]}" if input.init else "",
+        init=lambda w, input: ["--init", input.init[0]] if input.init else [],
         correction_init=config["train"]["correction_init"],  # the key itself: init is a function of the input
         out=lambda w, output: os.path.dirname(output.model),
     log:
@@ -103,4 +103,4 @@ rule train_correction:
     conda:
         "../envs/qs.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} qs train {input.patches} --kind correction {params.args} {params.init} --out {params.out} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind correction {params.args:q} {params.init:q} --out {params.out:q} > {log:q} 2>&1"
