@@ -93,22 +93,83 @@ def write_text(text: str, path) -> Path:
     return Path(path)
 
 
-def load_image(path, *, what: str = "image") -> nib.Nifti1Image:
-    """Read a 3D NIfTI image and check it: exists, readable, 3D, finite.
+#: the largest image qs reads, in voxels, unless ``QS_MAX_VOXELS`` says otherwise (the workflow sets it
+#: from ``limits.max_voxels``): 2^28 = 268 million voxels, 1 GiB as float32, a 645 mm cube at 1 mm or a
+#: whole head at 0.5 mm (512 x 512 x 400 = 105 million)
+DEFAULT_MAX_VOXELS = 2**28
 
-    A trailing singleton 4th dimension is dropped. Returns a nibabel image
-    whose data is float32 in memory.
+
+def max_voxels() -> int:
+    """The voxel limit of :func:`open_nifti`: ``QS_MAX_VOXELS`` when set (a positive integer), else the default."""
+    value = os.environ.get("QS_MAX_VOXELS", "")
+    if not value:
+        return DEFAULT_MAX_VOXELS
+    if not value.isdigit() or int(value) < 1:
+        raise QsInputError(f"QS_MAX_VOXELS={value!r}: expected a positive whole number of voxels")
+    return int(value)
+
+
+def open_nifti(path, *, what: str = "image") -> nib.Nifti1Image:
+    """Open a NIfTI file from its header only, and check what the header promises.
+
+    Refuses, before any voxel is decompressed: a missing file, a folder, a
+    broken symbolic link or link loop, an unreadable header, a zero-size
+    dimension, and more voxels than :func:`max_voxels` (so that a small file
+    whose header claims 1024^3 voxels is refused in milliseconds, not after
+    gigabytes of decompression). The voxels are read by :func:`read_voxels`.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        _fail(path, f"{what} file is a broken symbolic link or a symbolic link loop")
     if not path.exists():
         _fail(path, f"{what} file does not exist")
     if path.is_dir():
         _fail(path, f"{what} path is a folder, expected a NIfTI file")
     try:
         img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises several types for bad files
         _fail(path, f"cannot read {what} as NIfTI ({type(exc).__name__}: {exc})")
+    shape = tuple(int(n) for n in img.shape)
+    if 0 in shape:
+        _fail(path, f"{what} has a zero-size dimension (shape {shape}); the file holds no voxels")
+    count, limit = int(np.prod(shape, dtype=np.int64)), max_voxels()
+    if count > limit:
+        _fail(path, f"{what} header asks for {' x '.join(map(str, shape))} = {count:,} voxels "
+                    f"({count * 4 / 2**30:.1f} GiB as float32), more than the limit of {limit:,} voxels; "
+                    "raise limits.max_voxels in the config (QS_MAX_VOXELS for a qs command) to read it")
+    return img
+
+
+def read_voxels(img: nib.Nifti1Image, path, *, what: str = "image", dtype=None) -> np.ndarray:
+    """The voxels of an image from :func:`open_nifti`; a truncated or damaged file is one error naming it."""
+    try:
+        data = np.asanyarray(img.dataobj)
+        return np.asarray(data, dtype=dtype) if dtype is not None else data
+    except Exception as exc:  # gzip, zlib and nibabel raise several types for damaged files
+        _fail(path, f"cannot read the voxels of {what}: the file is truncated or damaged ({type(exc).__name__}: {exc})")
+
+
+def check_orthogonal(affine: np.ndarray, path, *, what: str = "image", tol_degrees: float = 0.1) -> None:
+    """Refuse a sheared affine: voxel axes that do not meet at right angles (ANTs cannot represent shear)."""
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = axes.T @ axes
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        angle = float(np.degrees(np.arccos(np.clip(cosines[i, j], -1.0, 1.0))))
+        if abs(angle - 90.0) > tol_degrees:
+            _fail(path, f"{what} has a sheared (non-orthogonal) affine: voxel axes {i} and {j} meet at "
+                        f"{angle:.2f} degrees, not 90; ANTs cannot represent shear: resample the image "
+                        "onto an orthogonal grid first")
+
+
+def load_image(path, *, what: str = "image") -> nib.Nifti1Image:
+    """Read a 3D NIfTI image and check it: exists, size, readable, 3D, finite, affine.
+
+    A trailing singleton 4th dimension is dropped. Returns a nibabel image
+    whose data is float32 in memory.
+    """
+    path = Path(path)
+    img = open_nifti(path, what=what)
+    data = read_voxels(img, path, what=what)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -121,6 +182,7 @@ def load_image(path, *, what: str = "image") -> nib.Nifti1Image:
         _fail(path, f"{what} contains {int(bad.sum())} NaN/Inf voxels")
     if not np.isfinite(img.affine).all() or abs(np.linalg.det(img.affine[:3, :3])) < 1e-12:
         _fail(path, f"{what} has an invalid (singular or non-finite) affine")
+    check_orthogonal(img.affine, path, what=what)
     out = nib.Nifti1Image(data, img.affine, header=img.header)
     out.set_data_dtype(np.float32)
     return out
@@ -135,7 +197,7 @@ def load_labels(path, *, reference: nib.Nifti1Image | None = None, reference_pat
     """
     path = Path(path)
     img = load_image(path, what="label image")
-    raw = np.asanyarray(nib.load(str(path)).dataobj)
+    raw = read_voxels(nib.load(str(path)), path, what="label image")
     if raw.ndim == 4:
         raw = raw[..., 0]
     if not np.issubdtype(raw.dtype, np.integer):
@@ -175,10 +237,8 @@ def spacing(img: nib.Nifti1Image) -> tuple[float, float, float]:
 def load_momentum(path, reference: nib.Nifti1Image, reference_path) -> np.ndarray:
     """A momentum NIfTI ``(I, J, K, 3)`` on the grid of ``reference``, as ``(3, I, J, K)`` float32."""
     path = Path(path)
-    if not path.is_file():
-        _fail(path, "momentum file does not exist")
-    img = nib.load(str(path))
-    data = np.asarray(img.dataobj, dtype=np.float32)
+    img = open_nifti(path, what="momentum")
+    data = read_voxels(img, path, what="momentum", dtype=np.float32)
     if data.ndim == 5 and data.shape[3] == 1:
         data = data[:, :, :, 0, :]
     if data.ndim != 4 or data.shape[3] != 3:

@@ -13,7 +13,7 @@
 * ``provenance.json``: seed, config digest, qs version, git commit of the workflow (when it is a
   git checkout), creation time, and the names of the files above.
 
-The config digest is the sha256 of the config without ``results`` (where the outputs go) and the
+The config digest is the sha256 of the config without ``results`` (where the outputs go), ``limits`` (input safety limits) and the
 ``resources`` of each stage (how jobs are scheduled), which do not change any result. Snakemake
 reruns a job when its params change; the workflow's rules pass exactly the keys of
 :data:`STAGE_CONFIG` (tested in ``workflow_tests/test_provenance.py``), so a config change reruns
@@ -126,9 +126,11 @@ def digest(obj) -> str:
 
 
 def result_settings(config: dict) -> dict:
-    """The settings that can change a result: the config without ``results`` (where) and resources."""
+    """The settings that can change a result: the config without ``results`` (where), ``limits`` (input
+    safety limits) and resources."""
     s = settings(config)
     s.pop("results", None)
+    s.pop("limits", None)
     return s
 
 
@@ -266,7 +268,7 @@ def write_provenance(out_dir, config: dict, *, workflow_dir=None, versions: dict
     paths = {k: out_dir / name for k, name in FILES.items()}
 
     header = (f"# The effective qs config of this results folder (defaults filled in).\n"
-              f"# config digest (sha256 without results and resources): {cdigest}\n")
+              f"# config digest (sha256 without results, limits and resources): {cdigest}\n")
     write_text(header + yaml.safe_dump(config, sort_keys=True, default_flow_style=False), paths["config"])
     write_text("package\tversion\n" + "".join(f"{k}\t{v}\n" for k, v in versions.items()), paths["versions"])
     write_text(json.dumps(device, indent=2, default=str) + "\n", paths["device"])
@@ -335,7 +337,7 @@ def report_items(prov: dict) -> dict:
         accel = "no CUDA"
     items = {
         "seed": s.get("seed"),
-        "config digest": f"sha256:{s.get('config_digest', '')[:16]} (`provenance/config.yaml`; without results and resources)",
+        "config digest": f"sha256:{s.get('config_digest', '')[:16]} (`provenance/config.yaml`; without results, limits and resources)",
         "workflow": workflow,
         "created": s.get("created"),
         "device": f"{d.get('hostname')}: {d.get('cpu_model')}, {d.get('cpus_available')} of {d.get('cpu_count')} cores, "

@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -373,7 +374,7 @@ def load_pair_results(pair_dir) -> dict:
     try:
         with np.load(npz, allow_pickle=False) as z:
             errors = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise QsInputError(f"{npz}: cannot read deformation errors ({exc})") from exc
     return {"errors": errors,
             "detj": _read_tsv(pair_dir / "detj.tsv", DETJ_COLUMNS),

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qs.io import QsInputError, atomic_path
+from qs.io import QsInputError, atomic_path, open_nifti, read_voxels
 
 _FLIP = np.diag([-1.0, -1.0, 1.0])
 
@@ -80,8 +80,9 @@ def read_ants_displacement(path) -> tuple[np.ndarray, np.ndarray]:
     import ants
 
     path = Path(path)
-    if not path.exists():
-        raise QsInputError(f"{path}: displacement field file does not exist")
+    # nibabel first: the size from the header, and every voxel decompressed, since ITK reads a truncated
+    # .nii.gz without complaint (the missing voxels become zeros)
+    read_voxels(open_nifti(path, what="displacement field"), path, what="displacement field")
     try:
         img = ants.image_read(str(path))
     except Exception as exc:  # ITK raises RuntimeError with a long message

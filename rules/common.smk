@@ -22,6 +22,9 @@ except WorkflowError as exc:
     sys.exit(message)
 
 R = config["results"]
+# Every job's shell: bash's strict mode (Snakemake's own default prefix) and the size limit of the qs
+# commands' inputs (qs.io.open_nifti), an integer from the validated config.
+shell.prefix(f"set -euo pipefail; export QS_MAX_VOXELS={int(config['limits']['max_voxels'])}; ")
 LOGS = f"{R}/logs"
 BENCH = f"{R}/benchmarks"
 DEMO = f"{R}/demo"

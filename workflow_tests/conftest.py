@@ -20,15 +20,22 @@ def snakemake(*args, cwd):
     return run
 
 
+#: the tiny run's results folder: spaces, unicode, quotes and shell syntax that would run commands if a
+#: path reached a shell unquoted (they would create files named PWNED*), so every path of every rule is
+#: tested quoted in the one end-to-end run
+TINY_RESULTS = "rés ults;touch PWNED1;$(touch PWNED2) `touch PWNED3` 'q' \"dq\" || touch PWNED4"
+TINY_ARGS = ["--configfile", str(TINY), "--config", f"results={TINY_RESULTS}"]
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One uninterrupted run of the whole DAG on the tiny config: (working directory, finished run).
 
-    Shared by the end-to-end test (test_workflow.py) and the resume tests (test_resume.py), which only
-    read it, so that CI runs the tiny workflow once for both.
+    The results go to ``cwd / TINY_RESULTS``. Shared by the end-to-end test (test_workflow.py) and the
+    resume tests (test_resume.py), which only read it, so that CI runs the tiny workflow once for both.
     """
     cwd = tmp_path_factory.mktemp("tiny_run")
-    return cwd, snakemake("--cores", "2", "--configfile", str(TINY), cwd=cwd)
+    return cwd, snakemake("--cores", "2", *TINY_ARGS, cwd=cwd)
 
 
 def planned_jobs(output: str) -> dict[str, int]:

@@ -327,7 +327,121 @@ def labels_negative_ids(tmp):
               "--out", tmp / "out" / "s1.json")
 
 
+def nifti_claiming(path, shape, payload=b"\0" * 4096):
+    """A .nii.gz whose header claims ``shape`` (uint8) but which holds only ``payload`` after the header."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.uint8)
+    header.set_data_shape(shape)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    with gzip.open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4 + payload)
+    return path
+
+
+def image_header_too_large(tmp):
+    # a few kB on disk, 1024^3 voxels in the header: refused from the header, before decompression (were it
+    # decompressed, the short payload would be reported as truncated instead)
+    nifti_claiming(tmp / "huge_T1w.nii.gz", (1024, 1024, 1024))
+    return qs("validate", "--subject", "s1", "--t1", tmp / "huge_T1w.nii.gz", "--out", tmp / "out" / "s1.json")
+
+
+def image_zero_size_dimension(tmp):
+    nifti_claiming(tmp / "flat_T1w.nii.gz", (16, 0, 16), payload=b"")
+    return qs("validate", "--subject", "s1", "--t1", tmp / "flat_T1w.nii.gz", "--out", tmp / "out" / "s1.json")
+
+
+def image_sheared_affine(tmp):
+    sheared = np.eye(4)
+    sheared[0, 1] = 0.3  # voxel axis 1 leans towards x: axes 0 and 1 meet at 73.3 degrees
+    image(tmp / "sheared_T1w.nii.gz", affine=sheared)
+    return qs("validate", "--subject", "s1", "--t1", tmp / "sheared_T1w.nii.gz", "--out", tmp / "out" / "s1.json")
+
+
+def image_symlink_loop(tmp):
+    (tmp / "a_T1w.nii.gz").symlink_to(tmp / "b_T1w.nii.gz")
+    (tmp / "b_T1w.nii.gz").symlink_to(tmp / "a_T1w.nii.gz")
+    return qs("validate", "--subject", "s1", "--t1", tmp / "a_T1w.nii.gz", "--out", tmp / "out" / "s1.json")
+
+
+def labels_float_non_integer(tmp):
+    image(tmp / "s1_T1w.nii.gz")
+    lab = np.zeros(SHAPE, np.float32)
+    lab[3:8, 3:12, 3:12] = 1001.0
+    lab[8:13, 3:12, 3:12] = 2035.5  # stored as float, and not a whole number
+    write_nifti(tmp / "float_dseg.nii.gz", lab)
+    return qs("validate", "--subject", "s1", "--t1", tmp / "s1_T1w.nii.gz", "--labels", tmp / "float_dseg.nii.gz",
+              "--out", tmp / "out" / "s1.json")
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def momentum_truncated(tmp):
+    moving, target = pair(tmp)
+    write_nifti(tmp / "m0.nii.gz", np.random.default_rng(0).standard_normal((*SHAPE, 3)).astype(np.float32))
+    truncate(tmp / "m0.nii.gz")
+    return qs("patches", "--moving", moving, "--target", target, "--momentum", tmp / "m0.nii.gz", "--pair", "a_to_b",
+              "--out", tmp / "out" / "a_to_b.npy")
+
+
+def warp_truncated(tmp):
+    from qs.transforms import write_ants_displacement
+
+    moving, target = pair(tmp)
+    write_nifti(tmp / "mask.nii.gz", (blob(SHAPE) > 0).astype(np.uint8))
+    disp = np.random.default_rng(0).standard_normal((3, *SHAPE)).astype(np.float32)
+    write_ants_displacement(disp, np.eye(4), tmp / "lddmm" / "warp.nii.gz")
+    truncate(tmp / "lddmm" / "warp.nii.gz")
+    (tmp / "lddmm" / "summary.json").write_text('{"seconds": 1.0, "device": "cpu", "threads": 1}\n')
+    return qs("evaluate-pair", "--pair", "a_to_b", "--lddmm", tmp / "lddmm", "--mask", tmp / "mask.nii.gz",
+              "--out", tmp / "out")
+
+
+def sheet_same_t1_twice(tmp):
+    subjects(tmp)
+    sheet = write_sheet(tmp / "twice.tsv", "subject\tt1\ns1\ts1/s1_T1w.nii.gz\ns2\ts2/s2_T1w.nii.gz\n"
+                                           "s3\ts3/s3_T1w.nii.gz\ns4\ts2/s2_T1w.nii.gz\n")
+    return snakemake_dry(tmp, *sheet_config(sheet))
+
+
+def sheet_same_file_by_link(tmp):
+    subjects(tmp)
+    (tmp / "s4" / "s4_T1w.nii.gz").unlink()
+    (tmp / "s4" / "s4_T1w.nii.gz").symlink_to(tmp / "s1" / "s1_T1w.nii.gz")
+    sheet = write_sheet(tmp / "linked.tsv", "subject\tt1\n" + "".join(f"{s}\t{s}/{s}_T1w.nii.gz\n" for s in ("s1", "s2", "s3", "s4")))
+    return snakemake_dry(tmp, *sheet_config(sheet))
+
+
+def sheet_symlink_loop(tmp):
+    subjects(tmp)
+    (tmp / "s4" / "s4_T1w.nii.gz").unlink()
+    (tmp / "s4" / "s4_T1w.nii.gz").symlink_to(tmp / "s4" / "s4_T1w.nii.gz")
+    sheet = write_sheet(tmp / "loop.tsv", "subject\tt1\n" + "".join(f"{s}\t{s}/{s}_T1w.nii.gz\n" for s in ("s1", "s2", "s3", "s4")))
+    return snakemake_dry(tmp, *sheet_config(sheet))
+
+
+def sheet_path_with_braces(tmp):
+    subjects(tmp)
+    (tmp / "s4").rename(tmp / "s{4}")
+    sheet = write_sheet(tmp / "braces.tsv", "subject\tt1\n" + "".join(f"{s}\t{d}/{s}_T1w.nii.gz\n" for s, d in
+                                                                       (("s1", "s1"), ("s2", "s2"), ("s3", "s3"), ("s4", "s{4}"))))
+    return snakemake_dry(tmp, *sheet_config(sheet))
+
+
 # --- config (snakemake -n --configfile: validated against schemas/config.schema.yaml)
+
+
+def config_results_with_braces(tmp):
+    return config_file(tmp, "results: 'out_{date}'\n")
 
 
 def config_file(tmp, text):
@@ -418,13 +532,27 @@ CASES = [
     ("sheet-empty-file", sheet_empty_file, ["empty.tsv", "the subject sheet is empty"]),
     ("sheet-header-only", sheet_header_only, ["header.tsv", "has no rows"]),
     ("sheet-unknown-split", sheet_unknown_split, ["split.tsv", "subject 's2'", "split must be 'train', 'test'", "'val'"]),
+    ("sheet-same-t1-twice", sheet_same_t1_twice,
+     ["twice.tsv", "subjects 's2' and 's4' use the same file {tmp}/s2/s2_T1w.nii.gz (t1 of 's2', t1 of 's4')"]),
+    ("sheet-same-file-by-link", sheet_same_file_by_link, ["linked.tsv", "subjects 's1' and 's4' use the same file"]),
+    ("sheet-symlink-loop", sheet_symlink_loop, ["loop.tsv", "subject 's4'", "broken symbolic link or a symbolic link loop"]),
+    ("sheet-path-with-braces", sheet_path_with_braces, ["braces.tsv", "subject 's4'", "s{{4}}/s4_T1w.nii.gz", "contains '{{' '}}'"]),
     # BIDS
     ("bids-no-subjects", bids_no_subjects, ["{tmp}/bids", "no T1w images found"]),
     ("bids-subject-without-t1w", bids_subject_without_t1w, ["sub-09/anat", "no _T1w image", "sub-09_T2w.nii.gz"]),
     ("bids-participants-bad-split", bids_participants_bad_split, ["participants.tsv", "sub-04", "'holdout'"]),
     ("bids-participants-without-id", bids_participants_without_id, ["participants.tsv", "participant_id"]),
     # images
-    ("image-truncated", image_truncated, ["trunc_T1w.nii.gz", "cannot read T1 image as NIfTI"]),
+    ("image-truncated", image_truncated, ["trunc_T1w.nii.gz", "cannot read the voxels of T1 image: the file is truncated or damaged"]),
+    ("image-header-too-large", image_header_too_large,
+     ["huge_T1w.nii.gz", "T1 image header asks for 1024 x 1024 x 1024 = 1,073,741,824 voxels (4.0 GiB as float32), "
+      "more than the limit of 268,435,456 voxels", "limits.max_voxels"]),
+    ("image-zero-size-dimension", image_zero_size_dimension, ["flat_T1w.nii.gz", "zero-size dimension (shape (16, 0, 16))"]),
+    ("image-sheared-affine", image_sheared_affine,
+     ["sheared_T1w.nii.gz", "sheared (non-orthogonal) affine: voxel axes 0 and 1 meet at 73.30 degrees"]),
+    ("image-symlink-loop", image_symlink_loop, ["a_T1w.nii.gz", "broken symbolic link or a symbolic link loop"]),
+    ("momentum-truncated", momentum_truncated, ["m0.nii.gz", "cannot read the voxels of momentum: the file is truncated"]),
+    ("warp-truncated", warp_truncated, ["lddmm/warp.nii.gz", "cannot read the voxels of displacement field: the file is truncated"]),
     ("image-not-nifti", image_not_nifti, ["notes_T1w.nii.gz", "cannot read T1 image as NIfTI"]),
     ("image-4d", image_4d, ["bold.nii.gz", "must be 3D", "(16, 16, 16, 3)"]),
     ("image-2d", image_2d, ["slice.nii.gz", "moving image must be 3D"]),
@@ -435,6 +563,7 @@ CASES = [
     # labels
     ("labels-empty", labels_empty, ["empty_dseg.nii.gz", "label image is empty"]),
     ("labels-non-integer", labels_non_integer, ["prob_dseg.nii.gz", "non-integer values"]),
+    ("labels-float-non-integer", labels_float_non_integer, ["float_dseg.nii.gz", "non-integer values"]),
     ("labels-negative-ids", labels_negative_ids, ["neg_dseg.nii.gz", "label ids must be between 0", "found -3 to 0"]),
     # config
     ("config-unknown-key", config_unknown_nested_key, ["my_config.yaml", "lddmm: Additional properties", "'iteration' was unexpected"]),
@@ -443,6 +572,7 @@ CASES = [
     ("config-bad-choice", config_bad_choice, ["my_config.yaml", "pairs.mode: 'all-pairs' is not one of"]),
     ("config-even-window", config_even_window, ["my_config.yaml", "lddmm.window: 4 is not allowed (lncc window (voxels, odd))"]),
     ("config-not-yaml", config_not_yaml, ["not valid JSON or YAML"]),
+    ("config-results-with-braces", config_results_with_braces, ["config: results: 'out_{{date}}' contains '{{' '}}'"]),
     # model files
     ("model-pickle-pt", model_pickle_pt, ["evil.pt", "not a valid safetensors", "torch.save zip archive", "unpickling can run code"]),
     ("model-pickle-named-safetensors", model_pickle_named_safetensors, ["evil.safetensors", "not a valid safetensors", "a Python pickle"]),

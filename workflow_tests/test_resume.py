@@ -31,7 +31,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, planned_jobs
+from conftest import ROOT, TINY, TINY_RESULTS, planned_jobs
 from qs.io import atomic_path
 from qs.runlock import record_lock_owner, release_stale_lock
 
@@ -123,7 +123,7 @@ def reference(tiny_run):
     cwd, run = tiny_run
     if run.returncode != 0:
         pytest.fail(f"the uninterrupted tiny run failed:\n{run.output[-4000:]}")
-    return cwd / "results"
+    return cwd / TINY_RESULTS
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """End-to-end: the real Snakemake workflow on the tiny demo config."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, planned_jobs, snakemake
+from conftest import ROOT, TINY, TINY_ARGS, TINY_RESULTS, planned_jobs, snakemake
 from qs.model_io import read_meta
 
 
@@ -74,7 +75,8 @@ def test_multimodal_without_t2_is_refused(tmp_path, subject_files):
 def test_tiny_workflow_runs_the_whole_dag(tiny_run):
     tmp_path, run = tiny_run  # shared with test_resume.py (read only)
     assert run.returncode == 0, run.output[-6000:]
-    res = tmp_path / "results"
+    res = tmp_path / TINY_RESULTS  # spaces, quotes and shell syntax: every rule's paths are quoted
+    assert not [p for p in tmp_path.rglob("PWNED*")], "a path reached a shell unquoted and ran a command"
     subjects = pd.read_csv(res / "cohort" / "subjects.tsv", sep="\t", keep_default_na=False)
     pairs = pd.read_csv(res / "cohort" / "pairs.tsv", sep="\t")
     assert len(subjects) == 4 and set(subjects["split"]) == {"train", "test"}
@@ -114,5 +116,9 @@ def test_tiny_workflow_runs_the_whole_dag(tiny_run):
     assert lddmm["detj_min"] > 0 and lddmm["energy"] < lddmm["energy_initial"]
     # nothing half-written anywhere, and a second run has nothing to do
     assert not list(res.rglob("*.tmp*"))
-    again = snakemake("-n", "--cores", "2", "--configfile", str(TINY), cwd=tmp_path)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {oct(p.stat().st_mode & 0o777) for p in res.rglob("*") if p.is_file()}
+    assert modes == {oct(0o666 & ~umask)}, f"output modes {modes} under umask {oct(umask)}"  # as open() makes them
+    again = snakemake("-n", "--cores", "2", *TINY_ARGS, cwd=tmp_path)
     assert "Nothing to be done" in again.output
