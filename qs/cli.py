@@ -49,6 +49,20 @@ def _validate(args):
     write_text(json.dumps(report, indent=2) + "\n", args.out)
 
 
+def _cohort_tables(args):
+    from .cohort import cohort_tables
+
+    subjects, pairs, notes = cohort_tables(
+        source=args.source, sheet=args.sheet, bids=args.bids, label_suffixes=tuple(args.label_suffixes),
+        test_fraction=args.test_fraction, seed=args.seed, demo_root=args.demo_root, demo_subjects_n=args.demo_subjects,
+        mode=args.mode, max_train_pairs=args.max_train_pairs, max_test_pairs=args.max_test_pairs,
+    )
+    for note in notes:
+        print(f"qs: warning: {note}", file=sys.stderr)
+    write_text(subjects.to_csv(sep="\t", index=False), args.out_subjects)
+    write_text(pairs.to_csv(sep="\t", index=False), args.out_pairs)
+
+
 def _preprocess(args):
     from .preprocess import preprocess_subject
 
@@ -233,6 +247,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("cohort-tables", help="the cohort's subject and pair tables (subjects.tsv, pairs.tsv)")
+    p.add_argument("--source", required=True, choices=["demo", "sheet", "bids"])
+    p.add_argument("--sheet", default="", help="subject sheet (TSV) of --source sheet")
+    p.add_argument("--bids", default="", help="BIDS root of --source bids")
+    p.add_argument("--label-suffixes", nargs="+", default=["dseg", "labels"], help="BIDS label image suffixes, in order")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects without a split that become test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--demo-root", default="", help="folder of the demo cohort (--source demo)")
+    p.add_argument("--demo-subjects", type=int, default=0, help="subjects of the demo cohort (--source demo)")
+    p.add_argument("--mode", default="image-to-image", choices=["image-to-image", "atlas-to-image"])
+    p.add_argument("--max-train-pairs", type=int, default=0)
+    p.add_argument("--max-test-pairs", type=int, default=0)
+    p.add_argument("--out-subjects", required=True, type=Path)
+    p.add_argument("--out-pairs", required=True, type=Path)
+    p.set_defaults(func=_cohort_tables)
 
     p = sub.add_parser("preprocess", help="affine to the atlas, resample to the working grid, normalize")
     p.add_argument("--subject", required=True)

@@ -267,6 +267,37 @@ def load_cohort(source: str, *, sheet=None, bids=None, label_suffixes=("dseg", "
     return assign_splits(table, test_fraction=test_fraction, seed=seed)
 
 
+def drop_partial_columns(table: pd.DataFrame) -> list[str]:
+    """Empty the ``t2`` / ``labels`` column (in place) where only some subjects have the file; returns warnings."""
+    notes = []
+    for kind in ("t2", "labels"):
+        present = table[kind] != ""
+        if present.any() and not present.all():
+            missing = ", ".join(table.loc[~present, "subject"][:5])
+            notes.append(f"{kind} given for only some subjects (missing: {missing}...); ignoring the {kind} column")
+            table[kind] = ""
+    return notes
+
+
+def cohort_tables(*, source: str, sheet="", bids="", label_suffixes=("dseg", "labels"), test_fraction=0.25, seed=0,
+                  demo_root="", demo_subjects_n=0, mode="image-to-image", max_train_pairs=0, max_test_pairs=0):
+    """The workflow's cohort: ``(subjects, pairs, warnings)``, the subject and pair tables of ``config``.
+
+    One function for the workflow (which plans from it) and ``qs cohort-tables`` (which writes it), so
+    that the written tables are the planned ones. ``source`` ``demo`` describes the demo cohort that
+    ``qs demo`` writes into ``demo_root``; ``sheet`` and ``bids`` read and validate the cohort. Partly
+    filled ``t2`` / ``labels`` columns are emptied (:func:`drop_partial_columns`, with a warning).
+    """
+    if source == "demo":
+        subjects = demo_table(demo_root, demo_subjects_n, test_fraction=test_fraction, seed=seed)
+    else:
+        subjects = load_cohort(source, sheet=sheet, bids=bids, label_suffixes=label_suffixes,
+                               test_fraction=test_fraction, seed=seed)
+    notes = drop_partial_columns(subjects)
+    pairs = make_pairs(subjects, mode=mode, seed=seed, max_train_pairs=max_train_pairs, max_test_pairs=max_test_pairs)
+    return subjects, pairs, notes
+
+
 def demo_subjects(n_subjects: int) -> list[str]:
     """Subject ids of the built-in demo cohort: sub-01, sub-02, ... (wider past 99)."""
     width = max(2, len(str(n_subjects)))

@@ -1,12 +1,13 @@
 """Glue shared by the workflow files: config validation, the cohort table, pairs, resources."""
 
+import hashlib
 import os
 import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from qs.cohort import check_config_paths, demo_table, load_cohort, make_pairs
+from qs.cohort import check_config_paths, cohort_tables
 from qs.io import QsInputError
 from qs.validate import config_error
 
@@ -30,46 +31,44 @@ BENCH = f"{R}/benchmarks"
 DEMO = f"{R}/demo"
 
 
-def _cohort():
-    c = config["cohort"]
-    if c["source"] == "demo":
-        return demo_table(DEMO, c["demo"]["subjects"], test_fraction=c["test_fraction"], seed=config["seed"])
-    return load_cohort(
-        c["source"],
-        sheet=c["sheet"],
-        bids=c["bids"],
-        label_suffixes=c["bids_label_suffixes"],
-        test_fraction=c["test_fraction"],
-        seed=config["seed"],
-    )
+def cohort_settings():
+    """The keyword arguments of ``qs.cohort.cohort_tables`` from config (also ``qs cohort-tables``' flags)."""
+    c, p = config["cohort"], config["pairs"]
+    return dict(source=c["source"], sheet=c["sheet"], bids=c["bids"], label_suffixes=c["bids_label_suffixes"],
+                test_fraction=c["test_fraction"], seed=config["seed"], demo_root=DEMO,
+                demo_subjects_n=c["demo"]["subjects"], mode=p["mode"], max_train_pairs=p["max_train_pairs"],
+                max_test_pairs=p["max_test_pairs"])
+
+
+def cohort_args():
+    """``qs cohort-tables``' arguments: :func:`cohort_settings` as flags (empty paths left out: ``:q`` drops '')."""
+    flags = []
+    for key, value in cohort_settings().items():
+        if value == "":
+            continue
+        flag = "--" + {"demo_subjects_n": "demo_subjects"}.get(key, key).replace("_", "-")
+        flags += [flag, *value] if isinstance(value, list) else [flag, value]
+    return flags
+
+
+def tables_digest(*tables):
+    """sha256 of tables' TSV text."""
+    return hashlib.sha256("".join(t.to_csv(sep="\t", index=False) for t in tables).encode()).hexdigest()
 
 
 try:
     check_config_paths(config)
-    subjects = _cohort().set_index("subject", drop=False)
+    subjects, pairs, cohort_notes = cohort_tables(**cohort_settings())
     validate(subjects, schema="../schemas/subjects.schema.yaml")
-    pairs = make_pairs(
-        subjects, mode=config["pairs"]["mode"], seed=config["seed"],
-        max_train_pairs=config["pairs"]["max_train_pairs"], max_test_pairs=config["pairs"]["max_test_pairs"],
-    ).set_index("pair", drop=False)
 except QsInputError as exc:
     sys.exit(f"qs: error: {exc}")
-
+for note in cohort_notes:
+    print(f"qs: warning: {note}", file=sys.stderr)
+subjects = subjects.set_index("subject", drop=False)
+pairs = pairs.set_index("pair", drop=False)
 SUBJECTS = list(subjects.index)
-
-
-def _cohort_has(kind):
-    """True when every subject has a ``kind`` file; a partly filled column is ignored, with a warning."""
-    present = subjects[kind] != ""
-    if present.any() and not present.all():
-        missing = ", ".join(subjects.index[~present][:5])
-        print(f"qs: warning: {kind} given for only some subjects (missing: {missing}...); ignoring the {kind} column", file=sys.stderr)
-        subjects[kind] = ""
-    return bool(present.all())
-
-
-HAS_T2 = _cohort_has("t2")
-HAS_LABELS = _cohort_has("labels")
+HAS_T2 = bool((subjects["t2"] != "").all())
+HAS_LABELS = bool((subjects["labels"] != "").all())
 if config["train"]["target_contrast"] == "T2" and not HAS_T2:
     sys.exit("qs: error: config: train.target_contrast is T2 (multimodal) but the cohort has no t2 image for every subject")
 

@@ -67,15 +67,15 @@ rule cohort_tables:
         subjects=f"{R}/cohort/subjects.tsv",
         pairs=f"{R}/cohort/pairs.tsv",
     params:
-        subjects=subjects,
-        pairs=pairs,
+        args=cohort_args(),
+        # the tables themselves: a BIDS folder or sheet whose content changes reruns the rule
+        tables=tables_digest(subjects, pairs),
     log:
         f"{LOGS}/cohort_tables.log",
-    run:
-        from qs.io import write_text
-
-        write_text(params.subjects.to_csv(sep="\t", index=False), output.subjects)
-        write_text(params.pairs.to_csv(sep="\t", index=False), output.pairs)
+    conda:
+        "../envs/qs.yaml"
+    shell:
+        "qs cohort-tables {params.args:q} --out-subjects {output.subjects:q} --out-pairs {output.pairs:q} > {log:q} 2>&1"
 
 
 rule validate_subject:
