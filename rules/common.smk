@@ -56,6 +56,13 @@ def tables_digest(*tables):
     return hashlib.sha256("".join(t.to_csv(sep="\t", index=False) for t in tables).encode()).hexdigest()
 
 
+# Snakemake hands the --config arguments to every job it spawns (cluster jobs) inside a shell command,
+# rendered with Python's repr, not shell quoting: a value with a quote would end the quoting there.
+for arg in workflow.config_settings.config_args or []:
+    if "'" in str(arg):
+        sys.exit(f"qs: error: --config {arg}: a value with a quote (') cannot be given on the command line, since "
+                 "Snakemake passes --config to cluster jobs without shell quoting; put it in a config file (--configfile)")
+
 try:
     check_config_paths(config)
     subjects, pairs, cohort_notes = cohort_tables(**cohort_settings())

@@ -7,6 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "workflow_tests" / "config" / "tiny.yaml"
@@ -24,7 +25,14 @@ def snakemake(*args, cwd):
 #: path reached a shell unquoted (they would create files named PWNED*), so every path of every rule is
 #: tested quoted in the one end-to-end run
 TINY_RESULTS = "rés ults;touch PWNED1;$(touch PWNED2) `touch PWNED3` 'q' \"dq\" || touch PWNED4"
-TINY_ARGS = ["--configfile", str(TINY), "--config", f"results={TINY_RESULTS}"]
+
+
+def tiny_args(cwd) -> list[str]:
+    """``--configfile`` arguments of the tiny run in ``cwd``: the tiny config and ``cwd/paths.yaml``, which sets
+    ``results`` to :data:`TINY_RESULTS` (in a file: the workflow refuses quotes in ``--config`` values)."""
+    paths = Path(cwd) / "paths.yaml"
+    paths.write_text(yaml.safe_dump({"results": TINY_RESULTS}, allow_unicode=True))
+    return ["--configfile", str(TINY), str(paths)]
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +43,7 @@ def tiny_run(tmp_path_factory):
     resume tests (test_resume.py), which only read it, so that CI runs the tiny workflow once for both.
     """
     cwd = tmp_path_factory.mktemp("tiny_run")
-    return cwd, snakemake("--cores", "2", *TINY_ARGS, cwd=cwd)
+    return cwd, snakemake("--cores", "2", *tiny_args(cwd), cwd=cwd)
 
 
 def planned_jobs(output: str) -> dict[str, int]:

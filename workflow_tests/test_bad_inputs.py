@@ -440,6 +440,10 @@ def sheet_path_with_braces(tmp):
 # --- config (snakemake -n --configfile: validated against schemas/config.schema.yaml)
 
 
+def config_quote_on_the_command_line(tmp):
+    return snakemake_dry(tmp, "--config", "results=it's")
+
+
 def config_results_with_braces(tmp):
     return config_file(tmp, "results: 'out_{date}'\n")
 
@@ -572,6 +576,8 @@ CASES = [
     ("config-bad-choice", config_bad_choice, ["my_config.yaml", "pairs.mode: 'all-pairs' is not one of"]),
     ("config-even-window", config_even_window, ["my_config.yaml", "lddmm.window: 4 is not allowed (lncc window (voxels, odd))"]),
     ("config-not-yaml", config_not_yaml, ["not valid JSON or YAML"]),
+    ("config-quote-on-the-command-line", config_quote_on_the_command_line,
+     ["--config results=it's: a value with a quote (') cannot be given on the command line", "--configfile"]),
     ("config-results-with-braces", config_results_with_braces, ["config: results: 'out_{{date}}' contains '{{' '}}'"]),
     # model files
     ("model-pickle-pt", model_pickle_pt, ["evil.pt", "not a valid safetensors", "torch.save zip archive", "unpickling can run code"]),

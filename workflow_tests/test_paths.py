@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import TINY, snakemake
 
@@ -56,8 +57,11 @@ def cohort(tmp_path_factory):
     return base, root / "subjects.tsv"
 
 
-def _config(sheet):
-    return ["--configfile", str(TINY), "--config", f"cohort={{source: sheet, sheet: {json.dumps(str(sheet))}}}"]
+def _config(sheet, **extra):
+    """The tiny config with the sheet cohort (in a config file: the workflow refuses quotes in --config)."""
+    path = sheet.parent.parent / f"cohort{len(extra)}.yaml"
+    path.write_text(yaml.safe_dump({"cohort": {"source": "sheet", "sheet": str(sheet)}, **extra}, allow_unicode=True))
+    return ["--configfile", str(TINY), str(path)]
 
 
 @pytest.mark.slow
@@ -65,7 +69,7 @@ def test_paths_with_shell_characters_and_anisotropic_voxels_run(cohort, tmp_path
     base, sheet = cohort
     targets = [f"results/preprocessed/{s}/{s}_T1w.nii.gz" for s in ("sub-01", "sub-02", "sub-03", "sub-04")]
     targets += ["results/lddmm/sub-02_to_sub-04/summary.json", "results/cohort/subjects.tsv"]
-    run = snakemake("--cores", "2", *targets, *_config(sheet), cwd=tmp_path)  # targets before --config
+    run = snakemake("--cores", "2", *targets, *_config(sheet), cwd=tmp_path)
     assert run.returncode == 0, run.output[-4000:]
     assert not list(tmp_path.rglob("PWNED*")) and not list(base.rglob("PWNED*")), "a path ran a command"
     res = tmp_path / "results"
@@ -89,10 +93,8 @@ def test_paths_with_shell_characters_and_anisotropic_voxels_run(cohort, tmp_path
 def test_the_size_limit_reaches_every_job(cohort, tmp_path):
     """``limits.max_voxels`` from the config reaches the jobs (the shell prefix exports QS_MAX_VOXELS)."""
     _, sheet = cohort
-    (tmp_path / "limits.yaml").write_text("limits: {max_voxels: 1000}\n")
-    config = _config(sheet)
-    config[1:2] = [config[1], str(tmp_path / "limits.yaml")]  # --configfile TINY limits.yaml
-    run = snakemake("--cores", "1", "results/validated/sub-01.json", *config, cwd=tmp_path)
+    run = snakemake("--cores", "1", "results/validated/sub-01.json", *_config(sheet, limits={"max_voxels": 1000}),
+                    cwd=tmp_path)
     assert run.returncode != 0
     log = (tmp_path / "results" / "logs" / "validate" / "sub-01.log").read_text()
     assert log.startswith("qs: error: ") and "more than the limit of 1,000 voxels" in log and "sub-01 ü'T1w.nii.gz" in log

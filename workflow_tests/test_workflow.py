@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, TINY_ARGS, TINY_RESULTS, planned_jobs, snakemake
+from conftest import ROOT, TINY, TINY_RESULTS, planned_jobs, snakemake, tiny_args
 from qs.model_io import read_meta
 
 
@@ -120,5 +120,5 @@ def test_tiny_workflow_runs_the_whole_dag(tiny_run):
     os.umask(umask)
     modes = {oct(p.stat().st_mode & 0o777) for p in res.rglob("*") if p.is_file()}
     assert modes == {oct(0o666 & ~umask)}, f"output modes {modes} under umask {oct(umask)}"  # as open() makes them
-    again = snakemake("-n", "--cores", "2", *TINY_ARGS, cwd=tmp_path)
+    again = snakemake("-n", "--cores", "2", *tiny_args(tmp_path), cwd=tmp_path)
     assert "Nothing to be done" in again.output
