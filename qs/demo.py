@@ -114,7 +114,6 @@ import functools
 import importlib.resources
 import importlib.util
 import io as _io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,7 +123,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from qs.cohort import demo_table
-from qs.io import QsInputError, save_array, write_text
+from qs.io import QsInputError, save_array, write_json, write_text
 
 TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
@@ -685,7 +684,7 @@ def make_demo_cohort(out_dir, n_subjects: int = 8, spacing: float = 2.0, seed: i
         truth = out_dir / "truth"
         write_text(_matrix_text(subj["A"]), truth / f"{name}_affine.txt")
         save_array(subj["displacement"], subj["displacement_affine"], truth / f"{name}_displacement.nii.gz")
-        write_text(json.dumps(subj["params"], indent=2) + "\n", truth / f"{name}_params.json")
+        write_json(subj["params"], truth / f"{name}_params.json")
         del subj
 
     return write_text(table.to_csv(sep="\t", index=False), out_dir / "subjects.tsv")

@@ -8,6 +8,8 @@ it, so an interrupted job never leaves a half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import re
 import shutil
@@ -22,8 +24,23 @@ class QsInputError(ValueError):
     """Bad user input (file, sheet, config); the message names the file."""
 
 
+class QsOutputError(QsInputError):
+    """A result qs refuses to write (NaN/Inf); the message names the output and what went wrong upstream."""
+
+
 def _fail(path, problem: str):
     raise QsInputError(f"{path}: {problem}")
+
+
+def _umask() -> int:
+    """The process umask, read from /proc (``os.umask`` has to set it to read it: racy with threads)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -34,7 +51,9 @@ def atomic_path(path):
     that writers which infer the format from the name keep working. A writer
     killed outright (SIGKILL) leaves its temporary file behind, never a
     half-written ``path``; the next writer of ``path`` (the rerun of the
-    killed job) removes such leftovers first.
+    killed job) removes such leftovers first. The file gets the mode ``open``
+    would give it (0644 under umask 022, 0664 under 002) and is flushed to
+    disk (fsync) before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,9 +65,13 @@ def atomic_path(path):
             with contextlib.suppress(FileNotFoundError):
                 old.unlink()
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp" + suffix, dir=path.parent)
+    with contextlib.suppress(OSError):  # mkstemp makes 0600; a file system without modes keeps its own
+        os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb") as f:  # the data on disk before the name points at them
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -56,15 +79,35 @@ def atomic_path(path):
         raise
 
 
+def count_non_finite(data) -> int:
+    """How many values of an array (or CPU tensor) are NaN or +-Inf."""
+    data = np.asarray(data)
+    return 0 if data.dtype.kind in "biu" else int(np.count_nonzero(~np.isfinite(data)))
+
+
+def check_finite(items, out) -> None:
+    """Raise :class:`QsOutputError` at the first ``(what, data, why)`` whose data hold NaN/Inf (None: skipped).
+
+    Commands call it on all their arrays before writing their first file,
+    with ``why`` saying what went wrong upstream; ``out`` (the output file,
+    folder or prefix) starts the message.
+    """
+    for what, data, why in items:
+        n = 0 if data is None else count_non_finite(data)
+        if n:
+            raise QsOutputError(f"{out}: {what} has {n} NaN/Inf voxels; {why}; no output was written")
+
+
 def save_nifti(img: nib.Nifti1Image, path) -> Path:
-    """Write a NIfTI image atomically."""
+    """Write a NIfTI image atomically; NaN/Inf voxels are refused (:func:`check_finite`)."""
+    check_finite([("the image to write", img.dataobj, "refusing to write non-finite values")], path)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
     return Path(path)
 
 
 def save_array(data: np.ndarray, affine: np.ndarray, path, *, header=None, dtype=None) -> Path:
-    """Write ``data`` with ``affine`` (nibabel world, RAS mm) atomically.
+    """Write ``data`` with ``affine`` (nibabel world, RAS mm) atomically; NaN/Inf refused (:func:`save_nifti`).
 
     Integer arrays keep an integer on-disk type (labels with large ids stay
     exact); float arrays are stored as float32 unless ``dtype`` says otherwise.
@@ -87,10 +130,40 @@ def copy_file(src, path) -> Path:
 
 
 def write_text(text: str, path) -> Path:
-    """Write a text file (TSV, Markdown, JSON) atomically."""
+    """Write a text file (TSV, Markdown; JSON with :func:`write_json`) atomically."""
     with atomic_path(path) as tmp:
         Path(tmp).write_text(text)
     return Path(path)
+
+
+def non_finite_key(obj, key: str = ""):
+    """``(key, value)`` of the first NaN/Inf number in a JSON-like ``obj`` (key as ``a.b[2]``), or None."""
+    if isinstance(obj, (float, np.floating)):
+        return None if math.isfinite(obj) else (key or "the value", obj)
+    if isinstance(obj, dict):
+        items = [(f"{key}.{k}" if key else str(k), v) for k, v in obj.items()]
+    elif isinstance(obj, (list, tuple)):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(obj)]
+    else:
+        return None
+    for k, v in items:
+        found = non_finite_key(v, k)
+        if found is not None:
+            return found
+    return None
+
+
+def check_json(obj, path) -> None:
+    """Raise :class:`QsOutputError` naming ``path`` and the key if ``obj`` holds NaN/Inf (strict JSON has none)."""
+    found = non_finite_key(obj)
+    if found is not None:
+        raise QsOutputError(f"{path}: {found[0]} is {found[1]}, which strict JSON cannot hold; nothing was written")
+
+
+def write_json(obj, path, *, indent=2, default=None) -> Path:
+    """Write ``obj`` as strict JSON (:func:`check_json`: no NaN/Inf) atomically."""
+    check_json(obj, path)
+    return write_text(json.dumps(obj, indent=indent, allow_nan=False, default=default) + "\n", path)
 
 
 #: the largest image qs reads, in voxels, unless ``QS_MAX_VOXELS`` says otherwise (the workflow sets it

@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 
 from . import __version__
 from .fields import field_of
-from .io import QsInputError, atomic_path
+from .io import QsInputError, atomic_path, non_finite_key
 from .net import network_class
 
 MODEL_FORMAT = "qs-model-1"
@@ -51,6 +51,53 @@ REQUIRED_KEYS = ("format", "architecture", "patch", "features", "dropout", "inte
                  "torch_version", "weights_sha256") + RUN_KEYS
 
 INTENSITY = "per-image intensities in [0, 1] from the pre-processing; channel 0 moving, 1 target"
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _whole(v) -> bool:
+    return _finite(v) and float(v).is_integer()
+
+
+def _spacing(v) -> bool:
+    values = v if isinstance(v, list) else [v]
+    return len(values) in (1, 3) and all(_finite(h) and h > 0 for h in values)
+
+
+#: the metadata numbers and the values they may take: key -> (test, what it asks); optional keys checked when present
+META_RANGES = {
+    **{k: (lambda v: _whole(v) and v >= 1, "a whole number >= 1") for k in ("patch", "features", "stride",
+                                                                             "time_steps", "power")},
+    **{k: (lambda v: _whole(v) and v >= 0, "a whole number >= 0") for k in ("train_pairs", "train_patches", "pad")},
+    **{k: (lambda v: _finite(v) and v > 0, "a finite number > 0") for k in ("alpha", "gamma", "sigma",
+                                                                            "momentum_scale", "velocity_cutoff_mm")},
+    "beta": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "dropout": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "background_threshold": (_finite, "a finite number"),
+    "spacing": (_spacing, "3 finite numbers > 0 (mm), or 1 for all axes"),
+}
+
+
+def check_meta_numbers(meta: dict, path) -> None:
+    """Raise :class:`QsInputError` naming the file and the key of a NaN/Inf or out-of-range metadata number."""
+    found = non_finite_key(meta)
+    if found is not None:
+        raise QsInputError(f"{path}: model metadata {found[0]} is {found[1]}; a model holds finite numbers only")
+    for key, (ok, want) in META_RANGES.items():
+        if key in meta and not ok(meta[key]):
+            raise QsInputError(f"{path}: model metadata {key} = {meta[key]!r} is out of range (must be {want})")
+
+
+def check_weights(weights: dict, path) -> None:
+    """Raise :class:`QsInputError` naming the file and a tensor if any weight is NaN/Inf."""
+    bad = {k: int((~torch.isfinite(t)).sum()) for k, t in weights.items() if t.is_floating_point()}
+    bad = {k: n for k, n in bad.items() if n}
+    if bad:
+        first = next(iter(bad))
+        raise QsInputError(f"{path}: weight {first} has {bad[first]} NaN/Inf values ({sum(bad.values())} in "
+                           f"{len(bad)} tensors); the file is damaged or its training diverged: retrain the model")
 
 
 def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -154,6 +201,7 @@ def _read(path, *, tensors: bool):
         field_of(meta)
     except ValueError as exc:
         raise QsInputError(f"{path}: model metadata: {exc}") from None
+    check_meta_numbers(meta, path)
     return meta, weights
 
 
@@ -188,7 +236,8 @@ def load_model(path, expect: dict | None = None, device="cpu"):
 
     Refuses (``QsInputError`` naming the file): files that are not
     safetensors (pickles included, never executed), files without complete
-    qs metadata, weights whose digest does not match the metadata, weights
+    qs metadata, metadata numbers out of range (:data:`META_RANGES`) or
+    NaN/Inf, NaN/Inf weights, weights whose digest does not match the metadata, weights
     that do not fit the architecture, and metadata that differs from
     ``expect`` (e.g. ``{"alpha": 0.01, ..., "kind": "prediction"}``).
     """
@@ -196,6 +245,7 @@ def load_model(path, expect: dict | None = None, device="cpu"):
     if weights_digest(weights) != meta["weights_sha256"]:
         raise QsInputError(f"{path}: weights do not match the sha256 stored in the metadata; "
                            "the file was altered or damaged after saving")
+    check_weights(weights, path)
     if expect:
         check_expect(meta, expect, path)
     described = (f"architecture {meta['architecture']!r}, features {meta['features']!r}, "

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .fields import FIELD_CHANNELS, check_field, field_of
-from .io import QsInputError, atomic_path, write_text
+from .io import QsInputError, atomic_path, write_json
 
 PATCH_FORMAT = "qs-patches-1"
 CHANNELS = ("moving", "target", *FIELD_CHANNELS["momentum"])
@@ -234,7 +234,7 @@ def write_pair_patches(moving, target, momentum, out_path, patch: int = 15, stri
         "image_max": float(max(moving.max(), target.max())),
         "sha256": digest.hexdigest(),
     }
-    side = write_text(json.dumps(info, indent=1) + "\n", sidecar_path(out_path))
+    side = write_json(info, sidecar_path(out_path), indent=1)
     return out_path, side
 
 

@@ -91,7 +91,8 @@ import torch
 from tqdm import tqdm
 
 from .fields import field_of, kernel_settings, to_field, to_momentum
-from .io import QsInputError, check_same_grid, load_image, load_labels, save_array, spacing as grid_spacing, write_text
+from .io import (QsInputError, check_finite, check_json, check_same_grid, load_image, load_labels, save_array,
+                 spacing as grid_spacing, write_json)
 from .model_io import LDDMM_KEYS, check_expect, load_model
 from .net import MCDropout, enable_mc_dropout
 from .patches import foreground_starts, patch_starts
@@ -666,6 +667,17 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
 
     from .lddmm.run import write_registration
 
+    why = "produced non-finite values (weights too large for these images?)"
+    check_finite([
+        ("the predicted momentum", res.m_pred, f"the model {model_path} {why}"),
+        ("the correction momentum", res.m_corr, f"the correction model {correction_model} {why}"),
+        ("the momentum", res.m0, "the sum of the predicted and the correction momentum overflowed"),
+        ("the displacement of phi_1^{-1}", res.phiinv, "geodesic shooting of the predicted momentum diverged (a "
+                                                       "momentum too large for the model's LDDMM settings)"),
+        ("the warped image", res.warped, "warping the moving image with the transform failed"),
+        ("the uncertainty", res.uncertainty, "the shooting of an MC-dropout sample's momentum diverged"),
+    ], out_dir)
+    check_json(res.summary, out_dir / "summary.json")
     affine = tgt.affine
     outputs = write_registration(out_dir, affine, h, res.m0, res.phiinv, res.warped, labels=lab)
     if res.uncertainty is not None:
@@ -683,7 +695,7 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
     summary["outputs"] = {k: str(v) for k, v in outputs.items()}
     summary["outputs"]["summary"] = str(out_dir / "summary.json")
     summary["seconds_total"] = time.perf_counter() - t_start
-    write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json")
+    write_json(summary, out_dir / "summary.json")
     return summary
 
 

@@ -8,7 +8,6 @@ atlas point -> subject T1 point), ``_qc.png`` and ``_preprocess.json``.
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import affine as aff
-from .io import QsInputError, atomic_path, check_same_grid, copy_file, load_image, load_labels, save_array, write_text
+from .io import QsInputError, atomic_path, check_same_grid, copy_file, load_image, load_labels, save_array, write_json
 
 NORMALIZATIONS = ("percentile", "max", "histeq")
 
@@ -132,7 +131,7 @@ def preprocess_subject(
         "seed": seed,
     }
     outputs["qc_png"] = qc_figure(atlas_data, t1_grid, mask, f"{stem}_qc.png", title=f"{subject}: affine to atlas (NCC {qc['ncc_with_atlas']:.3f})")
-    outputs["json"] = write_text(json.dumps(qc, indent=2) + "\n", f"{stem}_preprocess.json")
+    outputs["json"] = write_json(qc, f"{stem}_preprocess.json")
     outputs["affine"] = mat
     return outputs
 
@@ -188,5 +187,5 @@ def build_atlas_grid(atlas_t1, atlas_mask, out_dir, *, spacing: float, margin_mm
         lab = load_labels(atlas_labels)
         out["labels"] = save_array(resample_to_grid(lab, shape, affine, order=0), affine, out_dir / "atlas_labels.nii.gz", dtype=np.int32)
     grid = {"shape": list(shape), "spacing_mm": spacing, "affine": affine.tolist(), "margin_mm": margin_mm}
-    out["grid"] = write_text(json.dumps(grid, indent=2) + "\n", out_dir / "grid.json")
+    out["grid"] = write_json(grid, out_dir / "grid.json")
     return out

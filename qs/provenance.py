@@ -41,7 +41,7 @@ from pathlib import Path
 import yaml
 
 from . import __version__
-from .io import QsInputError, write_text
+from .io import QsInputError, write_json, write_text
 
 #: output file of each provenance item, under ``results/provenance/``
 FILES = {
@@ -85,7 +85,7 @@ STAGE_CONFIG: dict[str, tuple[str, ...]] = {
     "train_correction": (*_NETWORK, "train.correction_init"),
     "predict": (*_PREDICT, "predict.corrections", "predict.correction_stride"),
     "predict_mc": (*(k for k in _PREDICT if k != "predict.mirror_axes"), "predict.samples"),
-    "syn": ("seed",),
+    "syn": ("seed", "evaluate.syn_metric", "evaluate.syn_radius", "evaluate.syn_iterations"),
     "report": ("train.field",),
     "provenance": ("*",),
 }
@@ -271,7 +271,7 @@ def write_provenance(out_dir, config: dict, *, workflow_dir=None, versions: dict
               f"# config digest (sha256 without results, limits and resources): {cdigest}\n")
     write_text(header + yaml.safe_dump(config, sort_keys=True, default_flow_style=False), paths["config"])
     write_text("package\tversion\n" + "".join(f"{k}\t{v}\n" for k, v in versions.items()), paths["versions"])
-    write_text(json.dumps(device, indent=2, default=str) + "\n", paths["device"])
+    write_json(device, paths["device"], default=str)
     write_text(f"{config['seed']}\n", paths["seed"])
     write_text("rule\tconfig_keys\tdigest\n" + "".join(f"{r['rule']}\t{r['config_keys']}\t{r['digest']}\n"
                                                       for r in stage_rows(config)), paths["stages"])
@@ -286,7 +286,7 @@ def write_provenance(out_dir, config: dict, *, workflow_dir=None, versions: dict
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "files": {k: name for k, name in FILES.items() if k != "summary"},
     }
-    write_text(json.dumps(summary, indent=2) + "\n", paths["summary"])
+    write_json(summary, paths["summary"])
     return paths
 
 

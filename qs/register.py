@@ -75,7 +75,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .io import QsInputError, atomic_path, check_same_grid, load_image, load_labels, save_array, spacing as grid_spacing, write_text
+from .io import (QsInputError, atomic_path, check_finite, check_same_grid, load_image, load_labels, save_array,
+                 spacing as grid_spacing, write_json, write_text)
 
 _F = np.diag([-1.0, -1.0, 1.0])
 SLAB_POINTS = 2_000_000
@@ -269,6 +270,9 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
 
     from .transforms import write_ants_displacement
 
+    why = "composing the predicted warp with the affine transforms failed"
+    check_finite([("the affine transform", aff_lps, "the affine registrations (preprocess) diverged"),
+                  ("the displacement to the target", w, why), ("the warped image", warped, why)], prefix)
     outputs = {
         "affine": _write_mat(aff_lps, _prefix_path(prefix, "_affine.mat")),
         "warp": write_ants_displacement(w, tgt_img.affine, _prefix_path(prefix, "_warp.nii.gz")),
@@ -311,7 +315,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     summary["outputs"]["atlas_folder"] = str(work)
     summary["outputs"]["summary"] = str(_prefix_path(prefix, "_summary.json"))
     summary["seconds_total"] = time.perf_counter() - t_start
-    write_text(json.dumps(summary, indent=2) + "\n", _prefix_path(prefix, "_summary.json"))
+    write_json(summary, _prefix_path(prefix, "_summary.json"))
     return summary
 
 

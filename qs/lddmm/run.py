@@ -21,7 +21,6 @@ Outputs of :func:`run_lddmm` (all on the target grid, target affine):
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 
 from qs.device import resolve_device
-from qs.io import check_same_grid, load_image, load_labels, save_array, spacing as grid_spacing, write_text
+from qs.io import (check_finite, check_json, check_same_grid, load_image, load_labels, save_array,
+                   spacing as grid_spacing, write_json, write_text)
 from qs.transforms import write_ants_displacement
 
 from .gradient import Objective
@@ -182,6 +182,13 @@ def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT
                    beta=beta, gamma=gamma, sigma=sigma, time_steps=time_steps, step=step, method=optimizer, pad=pad,
                    coarse_iterations=coarse_iterations, similarity=similarity, window=window, device=device,
                    compile=compile, seed=seed, progress=progress)
+    check_finite([
+        ("the optimised momentum", res.m0, "the LDDMM optimisation diverged (try a larger --sigma or more "
+                                           "--time-steps)"),
+        ("the displacement of phi_1^{-1}", res.phiinv, "geodesic shooting of the optimised momentum diverged"),
+        ("the warped image", res.warped, "warping the moving image with the transform failed"),
+    ], out_dir)
+    check_json(res.summary, out_dir / "summary.json")
     outputs = write_registration(out_dir, affine, h, res.m0, res.phiinv, res.warped, labels=lab)
     lines = ["iteration\tenergy\tmatching\tregularity\tseconds\tspacing_mm"]
     lines += [f"{r['iteration']}\t{r['energy']:.8g}\t{r['matching']:.8g}\t{r['regularity']:.8g}\t{r['seconds']:.3f}"
@@ -190,6 +197,6 @@ def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT
     summary = dict(res.summary, moving=str(moving), target=str(target),
                    labels=None if labels is None else str(labels),
                    outputs={k: str(v) for k, v in outputs.items()})
-    write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json")
+    write_json(summary, out_dir / "summary.json")
     summary["outputs"]["summary"] = str(out_dir / "summary.json")
     return summary
