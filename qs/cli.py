@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .io import QsInputError, write_text
+from .io import QsInputError, write_json, write_text
 
 
 #: modules that add their own subcommands through ``add_subcommands(subparsers)``
@@ -46,7 +46,7 @@ def _validate(args):
     from .validate import validate_subject
 
     report = validate_subject(args.subject, args.t1, t2=args.t2, labels=args.labels)
-    write_text(json.dumps(report, indent=2) + "\n", args.out)
+    write_json(report, args.out)
 
 
 def _cohort_tables(args):
@@ -91,7 +91,11 @@ def _affine(args):
 def _syn(args):
     from .syn import run_syn
 
-    out = run_syn(args.moving, args.target, args.out, labels=args.labels, seed=args.seed, threads=args.threads)
+    settings = {k: v for k in ("metric", "radius", "iterations") if (v := getattr(args, k)) is not None}
+    if args.variant == "syn-quick" and settings:
+        raise QsInputError(f"--{', --'.join(settings)}: settings of --variant syn; syn-quick runs ANTsPy's defaults")
+    out = run_syn(args.moving, args.target, args.out, labels=args.labels, seed=args.seed, threads=args.threads,
+                  variant=args.variant, **settings)
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
 
@@ -286,9 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_affine)
 
-    p = sub.add_parser("syn", help="ANTsPy SyN baseline of MOVING to TARGET (both on the working grid)")
+    from . import syn
+
+    p = sub.add_parser("syn", help="ANTsPy SyN baseline of MOVING to TARGET (both on the working grid; docs/syn.md)")
     _add_pair_args(p, labels_help="moving label image, warped with genericLabel")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--variant", default="syn", choices=syn.VARIANTS,
+                   help="syn: deformable-only SyN at full strength (default); syn-quick: ANTsPy's default SyN")
+    p.add_argument("--metric", choices=syn.METRICS, help=f"metric of syn (default {syn.DEFAULT_METRIC})")
+    p.add_argument("--radius", type=int, help=f"CC window radius of syn, voxels (default {syn.DEFAULT_RADIUS})")
+    p.add_argument("--iterations", type=int, nargs="+",
+                   help=f"iterations of syn per level, coarse to fine (default {' '.join(map(str, syn.DEFAULT_ITERATIONS))})")
     p.set_defaults(func=_syn)
 
     p = sub.add_parser("overlap", help="per-label target overlap and Dice of warped labels against the target labels")

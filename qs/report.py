@@ -12,9 +12,11 @@ Two steps, each a function on files and a ``qs`` subcommand:
   ``target_overlap.png``, ``deformation_error.png``, ``example_pair.png``,
   ``loss.png`` and ``summary.md``.
 
-Method names in the tables: ``affine``, ``lddmm``, ``syn``, ``predict``,
-``predict+correct``, ``predict-mc`` (the folder of ``predict+correct`` is
-``predict-correct``; :func:`method_name` maps one to the other).
+Method names in the tables: ``affine``, ``lddmm``, ``syn``, ``syn-quick``,
+``predict``, ``predict+correct``, ``predict-mc`` (the folder of
+``predict+correct`` is ``predict-correct``; :func:`method_name` maps one to
+the other). ``syn`` and ``syn-quick`` are the ANTs SyN baselines
+(:mod:`qs.syn`; docs/syn.md).
 
 What is measured:
 
@@ -32,7 +34,9 @@ What is measured:
   left empty (NaN) for ``affine``, as the paper's "n/a": the identity does
   not fold by construction.
 * Target overlap (Klein et al. 2009) and Dice: :func:`qs.evaluate.overlap_rows`.
-* Timing: ``seconds`` and ``device`` from each method's ``summary.json``.
+* Timing: ``seconds`` and ``device`` from each method's ``summary.json``; the
+  per-pair ``timing.tsv`` also keeps the SyN settings the summaries state
+  (``description``), which ``summary.md`` lists.
 
 Figures are drawn with :class:`matplotlib.figure.Figure` (no pyplot state).
 Every figure is always written (a note in the panel when its data are
@@ -64,7 +68,9 @@ from .io import QsInputError, atomic_path, check_same_grid, load_image, load_lab
 from .transforms import read_ants_displacement
 
 #: table names in report order
-METHOD_ORDER = ("affine", "lddmm", "syn", "predict", "predict+correct", "predict-mc")
+METHOD_ORDER = ("affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict-mc")
+#: the ANTs SyN baselines (:mod:`qs.syn`): CPU, their own transform chain, not compared with LDDMM's displacement
+SYN_METHODS = ("syn", "syn-quick")
 #: methods whose transform is compared with LDDMM's (besides ``affine``)
 PREDICTED = ("predict", "predict+correct", "predict-mc")
 #: folder name of a method where it differs from its table name
@@ -74,6 +80,8 @@ PERCENTILE_COLUMNS = [f"p{p:g}" for p in PERCENTILES]
 DEFORMATION_COLUMNS = ["method", *PERCENTILE_COLUMNS, "detj_pos_pct"]
 DETJ_COLUMNS = ["pair", "method", "detj_min", "detj_max", "detj_pos", "detj_nonpos_voxels"]
 TIMING_COLUMNS = ["pair", "method", "seconds", "device", "threads"]
+#: the per-pair ``timing.tsv`` of :func:`evaluate_pair`: also the settings a summary states (SyN's ``description``)
+PAIR_TIMING_COLUMNS = [*TIMING_COLUMNS, "settings"]
 
 #: Yang et al. 2017, deformation error vs LDDMM optimization on OASIS (mm), det J > 0 (% of pairs)
 PAPER_DEFORMATION_ERROR = pd.DataFrame(
@@ -161,21 +169,24 @@ def read_summary(folder, method: str) -> dict:
 
 
 def timing_row(pair: str, method: str, summary: dict, *, source="summary.json") -> dict:
-    """A ``timing.tsv`` row from a summary: seconds under ``seconds`` (or ``time``...), ``device``, ``threads``.
+    """A ``timing.tsv`` row from a summary: seconds under ``seconds`` (or ``time``...), ``device``, ``threads``, ``settings``.
 
     SyN runs on the CPU (ANTs) and its summary has no device; a summary
     without a time gives NaN seconds and a warning. ``threads`` is the CPU
     thread count the method ran with (torch's, or ITK's for SyN; 0 when the
     summary does not say): CPU times on a 2-core machine depend on it.
+    ``settings``: the summary's ``description`` (SyN's settings in words), else "".
     """
     seconds = next((summary[k] for k in _TIME_KEYS if isinstance(summary.get(k), (int, float))), None)
     if seconds is None:
         warnings.warn(f"{source}: no time ({', '.join(_TIME_KEYS)}) for {method} of {pair}", stacklevel=2)
         seconds = math.nan
-    device = summary.get("device") or ("cpu" if method == "syn" else "unknown")
+    device = summary.get("device") or ("cpu" if method in SYN_METHODS else "unknown")
     threads = summary.get("threads")
     threads = int(threads) if isinstance(threads, (int, float)) and not isinstance(threads, bool) else 0
-    return {"pair": pair, "method": method, "seconds": float(seconds), "device": str(device), "threads": threads}
+    settings = summary.get("description")
+    return {"pair": pair, "method": method, "seconds": float(seconds), "device": str(device), "threads": threads,
+            "settings": settings if isinstance(settings, str) else ""}
 
 
 def _grid_image(shape, affine) -> nib.Nifti1Image:
@@ -193,9 +204,9 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
                   mask=None) -> dict[str, Path]:
     """Evaluate one test pair against LDDMM optimization; write the four per-pair files into ``out_dir``.
 
-    ``method_dirs`` maps method names (table or folder names: ``syn``,
+    ``method_dirs`` maps method names (table or folder names: ``syn``, ``syn-quick``,
     ``predict``, ``predict+correct`` or ``predict-correct``, ``predict-mc``...)
-    to their result folders. Every method except ``syn`` must have a
+    to their result folders. Every method except the SyN ones must have a
     ``warp.nii.gz`` on LDDMM's grid. ``target_labels`` (> 0) define the brain
     mask; without them ``mask`` (a NIfTI on the same grid) is used. The
     affine method's warped labels are the ``moving_labels``.
@@ -243,7 +254,7 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
     errors = {"affine": displacement_error_mm(np.zeros_like(ref_vec), ref_vec, brain).astype(np.float32)}
     detj_rows = [detj_row("lddmm", ref_disp)]
     for m in _order(methods):
-        if m == "syn":
+        if m in SYN_METHODS:
             continue
         disp = _read_warp(methods[m] / "warp.nii.gz", grid, grid_name)
         errors[m] = displacement_error_mm(np.moveaxis(disp, 0, -1), ref_vec, brain).astype(np.float32)
@@ -272,7 +283,7 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
         np.savez(fh, **errors)
     _write_tsv(pd.DataFrame(detj_rows, columns=DETJ_COLUMNS), out["detj"])
     _write_tsv(pd.DataFrame(rows, columns=OVERLAP_COLUMNS), out["overlap"], float_format="%.6f")
-    _write_tsv(pd.DataFrame(timing, columns=TIMING_COLUMNS), out["timing"], float_format="%.3f")
+    _write_tsv(pd.DataFrame(timing, columns=PAIR_TIMING_COLUMNS), out["timing"], float_format="%.3f")
     return out
 
 
@@ -350,6 +361,19 @@ def timing_table(timing: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def method_settings(timing: pd.DataFrame) -> dict[str, str]:
+    """Method -> the settings its summaries state (``timing``'s ``settings`` column; distinct ones joined by
+    "; "), for the methods that state any, in report order."""
+    if "settings" not in timing:
+        return {}
+    out = {}
+    for m in _order(timing["method"]):
+        texts = [t for t in dict.fromkeys(timing.loc[timing["method"] == m, "settings"]) if isinstance(t, str) and t]
+        if texts:
+            out[m] = "; ".join(texts)
+    return out
+
+
 def detj_table(detj: pd.DataFrame) -> pd.DataFrame:
     """Per method: pairs with det J > 0 everywhere / all pairs, and the extreme det J over pairs."""
     out = []
@@ -379,7 +403,7 @@ def load_pair_results(pair_dir) -> dict:
     return {"errors": errors,
             "detj": _read_tsv(pair_dir / "detj.tsv", DETJ_COLUMNS),
             "overlap": _read_tsv(pair_dir / "overlap.tsv", OVERLAP_COLUMNS),
-            "timing": _read_tsv(pair_dir / "timing.tsv", TIMING_COLUMNS)}
+            "timing": _read_tsv(pair_dir / "timing.tsv", TIMING_COLUMNS, optional=["settings"])}
 
 
 def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: dict | None = None,
@@ -415,7 +439,7 @@ def build_report(pair_dirs, out_dir, *, loss_tsvs: dict | None = None, example: 
     out = {
         "deformation_error": _write_tsv(deformation, out_dir / "deformation_error.tsv"),
         "target_overlap": _write_tsv(overlap, out_dir / "target_overlap.tsv", float_format="%.6f"),
-        "timing": _write_tsv(timing, out_dir / "timing.tsv", float_format="%.3f"),
+        "timing": _write_tsv(timing[TIMING_COLUMNS], out_dir / "timing.tsv", float_format="%.3f"),
         "detj": _write_tsv(detj, out_dir / "detj.tsv"),
     }
     out["target_overlap_png"] = _save(plot_target_overlap(overlap), out_dir / "target_overlap.png")
@@ -504,6 +528,12 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
         s += ["", "Paper (mean over pairs, for reference; other data sets and label sets):", "",
               markdown_table(PAPER_TARGET_OVERLAP, {c: ".3f" for c in PAPER_TARGET_OVERLAP.columns})]
 
+    settings = method_settings(timing)
+    if settings:
+        s += ["", "## SyN baselines", "",
+              "ANTs SyN on the same affinely aligned pairs (docs/syn.md), with the settings their summaries state:", ""]
+        s += [f"- `{m}`: {text}" for m, text in settings.items()]
+
     s += ["", "## Time per pair", ""]
     tt = timing_table(timing)
     s.append(markdown_table(tt, {"median_s": ".2f", "mean_s": ".2f", "speedup_vs_lddmm": ".1f"}))
@@ -554,7 +584,7 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
 
 _RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
        "xtick.labelsize": 10, "ytick.labelsize": 10}
-_COLORS = {"affine": "#7f7f7f", "lddmm": "#1f77b4", "syn": "#9467bd", "predict": "#ff7f0e",
+_COLORS = {"affine": "#7f7f7f", "lddmm": "#1f77b4", "syn": "#9467bd", "syn-quick": "#c5b0d5", "predict": "#ff7f0e",
            "predict+correct": "#2ca02c", "predict-mc": "#d62728"}
 
 
@@ -879,7 +909,7 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--pair", required=True, help="pair id, e.g. sub-01_to_sub-02")
     p.add_argument("--lddmm", required=True, type=Path, help="LDDMM result folder of the pair (warp.nii.gz, summary.json...)")
     p.add_argument("--method", action="append", metavar="NAME=DIR",
-                   help="a compared method and its result folder (repeatable): syn, predict, predict+correct "
+                   help="a compared method and its result folder (repeatable): syn, syn-quick, predict, predict+correct "
                         "(or predict-correct), predict-mc")
     p.add_argument("--target-labels", type=Path, help="target labels on the working grid (> 0 = brain mask)")
     p.add_argument("--moving-labels", type=Path, help="moving labels on the working grid (the affine method's warped labels)")

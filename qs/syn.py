@@ -1,27 +1,89 @@
-"""ANTsPy SyN baseline on pairs already on the working grid.
+"""ANTsPy SyN baselines on pairs already on the working grid (docs/syn.md).
+
+Two variants (the report's methods):
+
+* ``syn``: SyN at full strength, deformable only (the pairs are affinely
+  pre-aligned): ANTsPy ``type_of_transform="SyNOnly"`` with a cross-correlation
+  metric of window radius ``radius`` voxels (antsRegistrationSyN.sh's metric for
+  same-modality pairs) and ``iterations`` at every level, coarse to fine, the
+  finest included (level ``i`` of ``n``: shrink factor ``2^(n-1-i)``, Gaussian
+  smoothing ``n-1-i`` voxels, as ANTsPy sets them).
+* ``syn-quick``: ANTsPy's defaults (``type_of_transform="SyN"``): an affine
+  stage, then SyN with Mattes mutual information and 40x20x0 iterations (none
+  at the finest level).
 
 The transforms are ANTs' own files (``warp.nii.gz`` displacement field, and
-the identity affine ANTs estimates first): ``ants.apply_transforms(fixed=T,
-moving=M, transformlist=[warp, affine])`` reproduces ``warped.nii.gz``.
+the affine ANTs writes first: the identity for ``syn``):
+``ants.apply_transforms(fixed=T, moving=M, transformlist=[warp, affine])``
+reproduces ``warped.nii.gz``; ``summary.json`` lists that chain under
+``transforms``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from .affine import _ants, apply_transforms, seed_ants, set_ants_threads
-from .io import check_same_grid, copy_file, load_image, load_labels, write_text
+from .io import QsInputError, check_same_grid, copy_file, load_image, load_labels, write_json
+
+VARIANTS = ("syn", "syn-quick")
+METRICS = ("CC", "mattes")
+#: ``qs syn``'s settings of the ``syn`` variant; the workflow's come from config
+#: (``evaluate.syn_metric``, ``syn_radius``, ``syn_iterations``), whose schema defaults are these (tested)
+DEFAULT_METRIC, DEFAULT_RADIUS, DEFAULT_ITERATIONS = "CC", 2, (100, 70, 50)
+MATTES_BINS = 32  # ANTsPy's histogram bins of the Mattes metric
+QUICK = {"type_of_transform": "SyN"}  # ANTsPy's default registration
 
 
-def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int = 1, type_of_transform: str = "SyN") -> dict:
-    """Register ``moving`` to ``target`` with ANTs SyN; write the warp, the warped image and labels.
+def ants_settings(variant: str = "syn", *, metric: str = DEFAULT_METRIC, radius: int = DEFAULT_RADIUS,
+                  iterations=DEFAULT_ITERATIONS) -> dict:
+    """The ``ants.registration`` keyword arguments of a variant (``metric``, ``radius``, ``iterations``: ``syn`` only).
 
-    Writes ``OUT/warp.nii.gz`` and ``OUT/affine.mat`` (ANTs transforms, target
-    point -> moving point), ``OUT/warped.nii.gz``, ``OUT/warped_labels.nii.gz``
-    when ``labels`` (on the moving grid) are given, and ``OUT/summary.json``
-    with the registration time in seconds.
+    ``radius``: the CC window's radius in voxels (window ``2 radius + 1``);
+    ``iterations``: per level, coarse to fine, each > 0.
+    """
+    if variant not in VARIANTS:
+        raise QsInputError(f"SyN variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
+    if variant == "syn-quick":
+        return dict(QUICK)
+    if metric not in METRICS:
+        raise QsInputError(f"SyN metric must be one of {', '.join(METRICS)}, got '{metric}'")
+    iterations = tuple(int(i) for i in iterations)
+    if not iterations or min(iterations) < 1:
+        raise QsInputError(f"SyN iterations must be one or more levels of at least 1, got {list(iterations)}")
+    if int(radius) < 1:
+        raise QsInputError(f"SyN CC radius must be at least 1 voxel, got {radius}")
+    return {"type_of_transform": "SyNOnly", "syn_metric": metric,
+            "syn_sampling": int(radius) if metric == "CC" else MATTES_BINS, "reg_iterations": iterations}
+
+
+def describe(settings: dict) -> str:
+    """One line stating what ``ants.registration(**settings)`` runs (for summary.json and the report)."""
+    if settings == QUICK:
+        return ("ANTsPy defaults (type_of_transform SyN): affine (Mattes), then SyN with Mattes 32 bins, "
+                "40x20x0 iterations (none at the finest level)")
+    if settings.get("type_of_transform") != "SyNOnly":
+        return ", ".join(f"{k} {v}" for k, v in settings.items())
+    its = settings["reg_iterations"]
+    n = len(its)
+    metric = settings["syn_metric"]
+    what = f"CC radius {settings['syn_sampling']}" if metric == "CC" else f"Mattes {settings['syn_sampling']} bins"
+    return (f"ANTsPy SyNOnly (deformable only), {what}, iterations {'x'.join(map(str, its))} "
+            f"(shrink {'x'.join(str(2 ** (n - 1 - i)) for i in range(n))}, "
+            f"smoothing {'x'.join(str(n - 1 - i) for i in range(n))} voxels), gradient step 0.2")
+
+
+def register(moving, target, out_dir, settings: dict, *, labels=None, seed: int = 0, threads: int = 1,
+             method: str = "syn") -> dict:
+    """Register ``moving`` to ``target`` with ``ants.registration(**settings)``; write the results into ``out_dir``.
+
+    Writes ``warp.nii.gz`` and ``affine.mat`` (ANTs transforms, target point ->
+    moving point), ``warped.nii.gz``, ``warped_labels.nii.gz`` when ``labels``
+    (on the moving grid) are given, and ``summary.json``: ``method``,
+    ``settings`` (the keyword arguments), ``description`` (:func:`describe`),
+    ``transforms`` (the chain for ``ants.apply_transforms``, file names in
+    ``out_dir``), ``seconds`` (the registration alone), ``threads`` and ``seed``.
     """
     ants = _ants()
     set_ants_threads(threads)
@@ -34,7 +96,7 @@ def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int
     fixed, mov = ants.image_read(str(target)), ants.image_read(str(moving))
     seed_ants(seed)
     start = time.perf_counter()
-    result = ants.registration(fixed=fixed, moving=mov, type_of_transform=type_of_transform)
+    result = ants.registration(fixed=fixed, moving=mov, **settings)
     seconds = time.perf_counter() - start
     fwd = result["fwdtransforms"]
     warp_src = next(p for p in fwd if p.endswith(".nii.gz"))
@@ -44,7 +106,14 @@ def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int
     outputs["warped"] = apply_transforms(target, moving, chain, out_dir / "warped.nii.gz")
     if labels:
         outputs["warped_labels"] = apply_transforms(target, labels, chain, out_dir / "warped_labels.nii.gz", labels=True)
-    summary = {"method": "syn", "type_of_transform": type_of_transform, "seconds": seconds, "threads": threads, "seed": seed}
-    outputs["summary"] = write_text(json.dumps(summary, indent=2) + "\n", out_dir / "summary.json")
+    summary = {"method": method, "settings": settings, "description": describe(settings),
+               "transforms": [p.name for p in chain], "seconds": seconds, "threads": threads, "seed": seed}
+    outputs["summary"] = write_json(summary, out_dir / "summary.json")
     return outputs
 
+
+def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int = 1, variant: str = "syn",
+            metric: str = DEFAULT_METRIC, radius: int = DEFAULT_RADIUS, iterations=DEFAULT_ITERATIONS) -> dict:
+    """``qs syn``: the ``variant`` (``syn`` or ``syn-quick``, see the module) of ``moving`` to ``target``; see :func:`register`."""
+    settings = ants_settings(variant, metric=metric, radius=radius, iterations=iterations)
+    return register(moving, target, out_dir, settings, labels=labels, seed=seed, threads=threads, method=variant)

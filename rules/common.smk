@@ -244,13 +244,22 @@ def predicted_methods():
     return methods
 
 
+def syn_args(wildcards):
+    """``qs syn``'s flags of the ``{variant}``: ``syn``'s settings from config (``evaluate.syn_metric``,
+    ``syn_radius``, ``syn_iterations``); none for ``syn-quick`` (ANTsPy's defaults)."""
+    if wildcards.variant != "syn":
+        return []
+    e = config["evaluate"]
+    return ["--metric", e["syn_metric"], "--radius", e["syn_radius"], "--iterations", *e["syn_iterations"]]
+
+
 def evaluation_inputs(w):
     """Everything ``qs evaluate-pair`` reads for one test pair, by method folder."""
     out = {"lddmm": f"{R}/lddmm/{w.pair}/warp.nii.gz", "mask": f"{R}/atlas/atlas_mask.nii.gz"}
     for m in predicted_methods():
         out[m] = f"{R}/predict/{m}/{w.pair}/warp.nii.gz"
-    if config["evaluate"]["syn"]:
-        out["syn"] = f"{R}/syn/{w.pair}/summary.json"
+    for v in config["evaluate"]["syn_variants"]:
+        out[v] = f"{R}/{v}/{w.pair}/summary.json"
     if HAS_LABELS:
         out["target_labels"] = labels_of(pairs.loc[w.pair, "target"])
         out["moving_labels"] = labels_of(pairs.loc[w.pair, "moving"])
@@ -259,7 +268,7 @@ def evaluation_inputs(w):
 
 def evaluation_args(w, input):
     """Arguments of ``qs evaluate-pair`` built from its inputs (``--method NAME=FOLDER`` ...)."""
-    methods = [m for m in ("syn", *predicted_methods()) if m in input.keys()]
+    methods = [m for m in (*config["evaluate"]["syn_variants"], *predicted_methods()) if m in input.keys()]
     flags = [arg for m in methods for arg in ("--method", f"{m}={os.path.dirname(input[m])}")]
     for key in ("target_labels", "moving_labels"):
         if key in input.keys():

@@ -1,31 +1,36 @@
-"""Baselines (ANTsPy SyN) and the evaluation of every test pair against LDDMM optimization."""
+"""Baselines (ANTs SyN) and the evaluation of every test pair against LDDMM optimization."""
 
 
+# The SyN baselines of evaluate.syn_variants (qs/syn.py, docs/syn.md): syn (full strength, settings from
+# config) and syn-quick (ANTsPy's defaults), each in its own folder results/{variant}/{pair}/.
 rule syn:
     input:
         moving=pair_image("moving"),
         target=pair_image("target"),
         labels=pair_labels("moving"),
     output:
-        warp=f"{R}/syn/{{pair}}/warp.nii.gz",
-        warped=f"{R}/syn/{{pair}}/warped.nii.gz",
-        summary=f"{R}/syn/{{pair}}/summary.json",
+        warp=f"{R}/{{variant}}/{{pair}}/warp.nii.gz",
+        warped=f"{R}/{{variant}}/{{pair}}/warped.nii.gz",
+        summary=f"{R}/{{variant}}/{{pair}}/summary.json",
+    wildcard_constraints:
+        variant="syn|syn-quick",
     params:
         labels=labels_flag,
+        settings=syn_args,
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.warp),
     log:
-        f"{LOGS}/syn/{{pair}}.log",
+        f"{LOGS}/{{variant}}/{{pair}}.log",
     benchmark:
-        f"{BENCH}/syn/{{pair}}.tsv"
+        f"{BENCH}/{{variant}}/{{pair}}.tsv"
     threads: resources_of("evaluate")["threads"]
     resources:
         **job_resources("evaluate"),
     conda:
         "../envs/qs.yaml"
     shell:
-        "qs syn --moving {input.moving:q} --target {input.target:q} {params.labels:q} --seed {params.seed:q} "
-        "--threads {threads} --out {params.out:q} > {log:q} 2>&1"
+        "qs syn --variant {wildcards.variant:q} --moving {input.moving:q} --target {input.target:q} {params.labels:q} "
+        "{params.settings:q} --seed {params.seed:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule evaluate_pair:

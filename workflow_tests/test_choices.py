@@ -18,6 +18,7 @@ from qs.lddmm.optimize import METHODS as OPTIMIZERS
 from qs.model_io import KINDS
 from qs.net import ARCHITECTURES
 from qs.preprocess import NORMALIZATIONS
+from qs.syn import METRICS as SYN_METRICS, VARIANTS as SYN_VARIANTS
 from qs.train import LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,6 +51,7 @@ def _cli_choices(command, option):
         (("preprocess", "normalize"), "preprocess", "--normalize", NORMALIZATIONS),
         (("lddmm", "device"), "lddmm", "--device", DEVICES),
         (("train", "device"), "train", "--device", DEVICES),
+        (("evaluate", "syn_metric"), "syn", "--metric", SYN_METRICS),
     ],
 )
 def test_schema_cli_and_code_name_the_same_values(schema_keys, command, option, values):
@@ -61,6 +63,11 @@ def test_predict_device_is_checked_at_run_time():
     # qs predict also takes cuda:N, so it has no argparse choices; qs.device names the schema's values
     assert _cli_choices("predict", "--device") is None
     assert set(_schema_enum("predict", "device")) == set(DEVICES)
+
+
+def test_syn_variants():
+    variants = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]["syn_variants"]
+    assert set(variants["items"]["enum"]) == set(_cli_choices("syn", "--variant")) == set(SYN_VARIANTS)
 
 
 def test_train_kinds():

@@ -27,7 +27,6 @@ from qs.provenance import (
     stage_rows,
     write_provenance,
 )
-from test_report import tree  # noqa: F401  (the evaluated test pairs of the report tests)
 
 
 @pytest.fixture
@@ -74,7 +73,7 @@ def test_digests_ignore_resources_and_follow_the_stages(config):
     assert changed == {"predict_mc", "provenance"}
 
 
-def test_cli_and_the_report_show_provenance(tree, tmp_path, config, monkeypatch, capsys):  # noqa: F811
+def test_cli_and_the_report_show_provenance(tree, tmp_path, config, monkeypatch, capsys):
     monkeypatch.setattr(cli, "STAGE_MODULES", ("report", "provenance"))
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "lddmm"}))
@@ -172,6 +171,9 @@ CHANGES = [  # (dotted key, new value, the jobs that rerun)
     ("preprocess.normalize", "max", {"preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("grid.margin_mm", 6.0, {"working_grid", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("cohort.demo.spacing", 3.0, {"demo", "validate_subject", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),
+    # the syn variant's settings (test_syn_settings_rerun_only_the_syn_variant: not syn-quick's jobs)
+    ("evaluate.syn_iterations", [3, 2], {"syn", "evaluate_pair", "report", "provenance"}),
+    ("evaluate.syn_radius", 1, {"syn", "evaluate_pair", "report", "provenance"}),
 ]
 
 
@@ -194,6 +196,16 @@ def test_a_config_change_reruns_its_stages_and_what_depends_on_them(done, key, v
     assert jobs == reruns
     # the rules whose params changed are exactly those that read the key (STAGE_CONFIG is right)
     assert triggered == {rule for rule in STAGE_CONFIG if _reads(rule, key)}
+
+
+def test_syn_settings_rerun_only_the_syn_variant(done):
+    (done / "change.yaml").write_text(yaml.safe_dump({"evaluate": {"syn_iterations": [3, 2]}}))
+    rows = [r for r in _summary(done, "--configfile", str(TINY), str(done / "change.yaml")) if r["rule"] == "syn"]
+    full = [r for r in rows if r["output_file"].startswith("results/syn/")]
+    quick = [r for r in rows if r["output_file"].startswith("results/syn-quick/")]
+    assert full and quick and len(full) + len(quick) == len(rows)
+    assert all(r["plan"] != "no update" and r["status"] == "params changed" for r in full)
+    assert all(r["plan"] == "no update" and r["status"] == "ok" for r in quick)
 
 
 def test_provenance_of_the_folder_is_real(done):

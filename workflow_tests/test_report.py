@@ -5,10 +5,9 @@ displacement is the constant (0, 1.2, 1.6) mm, so ``affine`` (zero
 displacement) is 2.0 mm off everywhere. ``predict`` is 0.5 mm off in pair 1
 and 1.5 mm off in pair 2 (equal brain masks), so its pooled percentiles are
 0.5 up to p25, 1.0 at p50 and 1.5 from p75 on; ``predict+correct`` is 0.25
-mm off everywhere. ``predict-mc`` folds (det J < 0) in pair 1 only.
+mm off everywhere. ``predict-mc`` folds (det J < 0) in pair 1 only. (The tree: the ``tree`` fixture in
+conftest.py, shared with test_provenance.py.)
 """
-
-import json
 
 import nibabel as nib
 import numpy as np
@@ -16,9 +15,10 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+from conftest import AFFINE, PAIRS, SECONDS, SHAPE, tree_labels
 from qs import cli
 from qs.evaluate import OVERLAP_COLUMNS, detj_summary
-from qs.io import QsInputError, save_array, write_text
+from qs.io import QsInputError, save_array
 from qs.report import (
     DEFORMATION_COLUMNS,
     PAPER_DEFORMATION_ERROR,
@@ -27,94 +27,6 @@ from qs.report import (
     method_folder,
     method_name,
 )
-from qs.transforms import write_ants_displacement
-
-SHAPE = (16, 18, 14)
-H = 1.5
-AFFINE = np.diag([H, H, H, 1.0])
-AFFINE[:3, 3] = (-12.0, -14.0, 3.0)
-PAIRS = ("sub-01_to_sub-02", "sub-03_to_sub-04")
-LDDMM = np.array([0.0, 1.2, 1.6])  # |d| = 2.0 mm
-OFFSET = {  # method -> per pair: constant offset from LDDMM (mm), or "fold"
-    "predict": [(0.5, 0, 0), (1.5, 0, 0)],
-    "predict+correct": [(0, 0, 0.25), (0, 0, 0.25)],
-    "predict-mc": ["fold", (0.1, 0, 0)],
-}
-SECONDS = {"lddmm": 100.0, "syn": 30.0, "predict": 2.0, "predict+correct": 4.0, "predict-mc": 20.0}
-
-
-def _const(v):
-    return np.broadcast_to(np.asarray(v, np.float64)[:, None, None, None], (3, *SHAPE)).copy()
-
-
-def _fold():
-    """A field whose map folds: d phi_0 / d x_0 = 1 - 1.53 at the middle of axis 0."""
-    i = np.arange(SHAPE[0], dtype=np.float64)
-    d = _const(LDDMM)
-    d[0] += -6.0 * np.sin(2 * np.pi * (i - 8) / 16)[:, None, None]
-    return d
-
-
-def _labels(shift=0):
-    lab = np.zeros(SHAPE, np.int32)
-    lab[3:8, 3:15, 3:11] = 1001
-    lab[8:13, 3:15, 3:7] = 2035
-    lab[8:13, 3:15, 7:11] = 41000
-    return np.roll(lab, shift, axis=0)
-
-
-def _image(shift=0):
-    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in SHAPE], indexing="ij"))
-    img = np.exp(-3 * (g**2).sum(0)) * (1 + 0.3 * np.sin(6 * g[1]))
-    return np.roll(img, shift, axis=0).astype(np.float32)
-
-
-def _method_dir(root, pair, m, disp, labels_shift, summary):
-    d = root / ("lddmm" if m == "lddmm" else "syn" if m == "syn" else f"predict/{method_folder(m)}") / pair
-    d.mkdir(parents=True)
-    if disp is not None:
-        write_ants_displacement(disp, AFFINE, d / "warp.nii.gz")
-    save_array(_labels(labels_shift), AFFINE, d / "warped_labels.nii.gz")
-    write_text(json.dumps(summary), d / "summary.json")
-    return d
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory):
-    """The results tree, the per-pair evaluations and the report."""
-    root = tmp_path_factory.mktemp("results")
-    save_array(_labels(), AFFINE, root / "pre/target_labels.nii.gz")
-    save_array(_labels(3), AFFINE, root / "pre/moving_labels.nii.gz")
-    save_array(_image(), AFFINE, root / "pre/target_T1w.nii.gz")
-    save_array(_image(1), AFFINE, root / "pre/moving_T1w.nii.gz")
-    pair_dirs, method_dirs = [], {}
-    for p, pair in enumerate(PAIRS):
-        lddmm = _method_dir(root, pair, "lddmm", _const(LDDMM), 0, {"seconds": SECONDS["lddmm"], "device": "cpu", "threads": 2, "detj_min": 1.0})
-        dirs = {"syn": _method_dir(root, pair, "syn", None, 2, {"method": "syn", "seconds": SECONDS["syn"], "threads": 1})}
-        for m, offsets in OFFSET.items():
-            disp = _fold() if offsets[p] == "fold" else _const(LDDMM + np.asarray(offsets[p]))
-            # the summary's det J is wrong on purpose: evaluate_pair must compute its own
-            summary = {"device": "cuda:0", "detj_min": 0.9, "detj_max": 1.1}
-            summary["time" if m == "predict+correct" else "seconds"] = SECONDS[m]  # tolerant of the key
-            dirs[method_folder(m)] = _method_dir(root, pair, m, disp, 1 if m == "predict" else 0, summary)
-        save_array(np.ones(SHAPE, np.float32), AFFINE, dirs["predict-mc"] / "uncertainty.nii.gz")
-        out = root / "evaluation" / pair
-        evaluate_pair(pair, out, lddmm_dir=lddmm, method_dirs=dirs, target_labels=root / "pre/target_labels.nii.gz",
-                      moving_labels=root / "pre/moving_labels.nii.gz")
-        pair_dirs.append(out)
-        method_dirs[pair] = (lddmm, dirs)
-    # the prediction network's loss.tsv as written now, the correction's as older runs wrote it (no val_zero_l1)
-    write_text("epoch\ttrain_l1\tval_l1\tval_zero_l1\tseconds\n1\t0.9\t1.0\t0.9\t3.0\n2\t0.5\t0.6\t0.9\t3.1\n"
-               "3\t0.3\t0.45\t0.9\t3.0\n", root / "models/prediction/loss.tsv")
-    write_text("epoch\ttrain_l1\tval_l1\tseconds\n1\t0.9\t1.0\t3.0\n2\t0.5\t0.6\t3.1\n3\t0.3\t0.45\t3.0\n",
-               root / "models/correction/loss.tsv")
-    example = {"target": root / "pre/target_T1w.nii.gz", "moving": root / "pre/moving_T1w.nii.gz",
-               "warp": method_dirs[PAIRS[1]][1]["predict-mc"] / "warp.nii.gz",
-               "uncertainty": method_dirs[PAIRS[1]][1]["predict-mc"] / "uncertainty.nii.gz", "pair": PAIRS[1]}
-    report = build_report(pair_dirs, root / "report",
-                          loss_tsvs={k: root / f"models/{k}/loss.tsv" for k in ("prediction", "correction")},
-                          example=example, provenance={"config": "tiny.yaml", "qs": "0.1.0"})
-    return {"root": root, "pairs": pair_dirs, "dirs": method_dirs, "report": report, "example": example}
 
 
 def _tsv(path):
@@ -140,7 +52,7 @@ def test_percentiles_have_the_known_values(tree):
     # per-pair error samples: float32, one value per target brain voxel
     with np.load(tree["pairs"][0] / "deformation_error.npz") as z:
         assert set(z.files) == {"affine", "predict", "predict+correct", "predict-mc"}
-        assert z["predict"].dtype == np.float32 and z["predict"].size == int((_labels() > 0).sum())
+        assert z["predict"].dtype == np.float32 and z["predict"].size == int((tree_labels() > 0).sum())
         assert np.allclose(z["predict"], 0.5, atol=1e-5)
 
 
@@ -280,7 +192,7 @@ def test_bad_input_is_refused(tree, tmp_path, monkeypatch, capsys):
                      "--method", f"predict{dirs['predict']}"]) == 2
     assert "NAME=VALUE" in capsys.readouterr().err
     other = np.diag([2.0, 2.0, 2.0, 1.0])
-    save_array(_labels(), other, tmp_path / "bad_labels.nii.gz")
+    save_array(tree_labels(), other, tmp_path / "bad_labels.nii.gz")
     with pytest.raises(QsInputError, match="bad_labels"):
         evaluate_pair(pair, tmp_path / "o", lddmm_dir=lddmm, method_dirs={}, target_labels=tmp_path / "bad_labels.nii.gz")
     with pytest.raises(QsInputError, match="target labels or a brain mask"):

@@ -2,31 +2,49 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import ROOT, TINY, TINY_RESULTS, planned_jobs, snakemake, tiny_args
+from conftest import TINY, TINY_RESULTS, checkout_changes, checkout_state, planned_jobs, snakemake, tiny_args
 from qs.model_io import read_meta
 
 
-def test_lint_is_clean():
-    run = subprocess.run([sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "Congratulations, your workflow is in a good condition!" in run.stdout + run.stderr
+def test_checkout_guard_sees_every_change(tmp_path, request):
+    """conftest.py's guard (checkout_left_alone) is on, and its snapshot compare reports each kind of change."""
+    assert "checkout_left_alone" in request.fixturenames
+    (tmp_path / "results" / "report").mkdir(parents=True)
+    (tmp_path / "results" / "report" / "summary.md").write_text("finished")
+    (tmp_path / "results" / "gone.tsv").write_text("a")
+    (tmp_path / "elsewhere.txt").write_text("not watched")
+    before = checkout_state(tmp_path)
+    assert set(before) == {"results", "results/report", "results/report/summary.md", "results/gone.tsv"}
+    assert checkout_changes(before, checkout_state(tmp_path)) == []
+    os.utime(tmp_path / "results" / "report" / "summary.md", ns=(1, 1))  # same size and content, other mtime
+    (tmp_path / "results" / "gone.tsv").unlink()
+    (tmp_path / ".snakemake" / "log").mkdir(parents=True)
+    (tmp_path / "elsewhere.txt").write_text("still not watched")
+    changes = checkout_changes(before, checkout_state(tmp_path))
+    assert [line.split(" (")[0] for line in changes] == [
+        "appeared: .snakemake", "appeared: .snakemake/log", "removed: results/gone.tsv",
+        "changed: results/report/summary.md"]
 
 
-def test_default_config_plans_the_whole_dag():
-    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules"], cwd=ROOT, capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    out = run.stdout + run.stderr
+def test_lint_is_clean(tmp_path):
+    run = snakemake("--lint", cwd=tmp_path)  # in tmp_path: lint writes a log into .snakemake/
+    assert run.returncode == 0, run.output
+    assert "Congratulations, your workflow is in a good condition!" in run.output
+
+
+def test_default_config_plans_the_whole_dag(tmp_path):
+    run = snakemake("-n", "--quiet", "rules", cwd=tmp_path)  # not in the checkout: a finished demo there plans nothing
+    assert run.returncode == 0, run.output
+    out = run.output
     plan = {"builtin_atlas": 1, "demo": 1, "working_grid": 1, "cohort_tables": 1, "validate_subject": 8, "preprocess": 8,
             "lddmm": 10, "patches": 8, "train_prediction": 1, "correction_patches": 8, "train_correction": 1, "predict": 4,
-            "predict_mc": 2, "syn": 2, "evaluate_pair": 2, "provenance": 1, "report": 1, "all": 1}
+            "predict_mc": 2, "syn": 4, "evaluate_pair": 2, "provenance": 1, "report": 1, "all": 1}  # syn: 2 variants
     assert planned_jobs(out) == plan, out
 
 
@@ -59,7 +77,8 @@ def test_multimodal_option_trains_t1_to_t2_on_t1_momenta(tmp_path):
     assert lddmm and all("_T2w" not in c for c in lddmm)  # momenta from T1 -> T1
     assert patches and all("--target" in c and c.split("--target ")[1].split()[0].endswith("_T2w.nii.gz") for c in patches)
     assert predict and all(c.split("--target ")[1].split()[0].endswith("_T2w.nii.gz") for c in predict)
-    assert all("--modality 'T1->T2'" in c for c in cmds if " qs train " in c)  # quoted, or '>' redirects
+    train = [c for c in cmds if " qs train " in c]
+    assert train and all("--modality 'T1->T2'" in c for c in train)  # quoted, or '>' redirects
 
 
 def test_multimodal_without_t2_is_refused(tmp_path, subject_files):
@@ -102,9 +121,10 @@ def test_tiny_workflow_runs_the_whole_dag(tiny_run):
     assert (error.set_index("method").loc[["predict", "predict+correct", "predict-mc"], "detj_pos_pct"] == 100).all()
     overlap = pd.read_csv(report / "target_overlap.tsv", sep="\t", dtype={"label": str})
     assert list(overlap.columns) == ["pair", "method", "label", "target_overlap", "dice"]
-    assert set(overlap["method"]) == {"affine", "lddmm", "syn", "predict", "predict+correct", "predict-mc"}
+    assert set(overlap["method"]) == {"affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict-mc"}
     timing = pd.read_csv(report / "timing.tsv", sep="\t")
-    assert list(timing.columns) == ["pair", "method", "seconds", "device", "threads"] and (timing["seconds"] > 0).all()
+    assert list(timing.columns) == ["pair", "method", "seconds", "device", "threads"]
+    assert len(timing) and (timing["seconds"] > 0).all()
     for png in ("target_overlap.png", "deformation_error.png", "example_pair.png", "loss.png"):
         assert (report / png).stat().st_size > 10_000
     prov = json.loads((res / "provenance" / "provenance.json").read_text())
