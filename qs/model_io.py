@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from . import __version__
 from .fields import field_of
@@ -145,8 +145,9 @@ def save_model(model, meta: dict, path) -> Path:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"save_model: metadata must be JSON (finite numbers, strings, lists): {exc}") from None
     path = Path(path)
+    data = safetensors_bytes(tensors, metadata={"qs": text})  # bytes: safetensors' own file writer makes 0600 files
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"qs": text})
+        tmp.write_bytes(data)
     return path
 
 

@@ -166,6 +166,19 @@ def test_a_file_is_flushed_to_disk_before_its_rename(tmp_path, monkeypatch):
     assert calls == ["fsync", "replace"]
 
 
+@pytest.mark.parametrize("umask", [0o002, 0o022, 0o077])
+def test_a_model_file_gets_the_umask_mode(tmp_path, umask):
+    """safetensors' own file writer makes 0600 files: qs writes the bytes itself."""
+    old = os.umask(umask)
+    try:
+        path = model_file(tmp_path / "models" / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~umask)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.safetensors"]
+    load_model(path)  # the bytes are a valid model file
+
+
 # --------------------------------------------------------------------------
 # Real commands: strict JSON, modes from the umask
 # --------------------------------------------------------------------------
