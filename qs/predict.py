@@ -786,7 +786,7 @@ def _correction_patches(args):
 
 def add_subcommands(sub) -> None:
     """Add ``qs predict`` and ``qs correction-patches`` to the ``qs`` parser's subparsers."""
-    from .cli import add_patch_args
+    from .cli.args import add_patch_args
 
     p = sub.add_parser("predict", help="predict the LDDMM registration of MOVING to TARGET with a trained model")
     p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")

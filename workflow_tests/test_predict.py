@@ -111,7 +111,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture
 def cli(monkeypatch):
-    monkeypatch.setattr(qs.cli, "STAGE_MODULES", ("predict", "register"))
+    monkeypatch.setattr(qs.cli, "COMMAND_MODULES", ("predict", "register"))
     return qs.cli.main
 
 

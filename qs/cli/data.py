@@ -1,0 +1,132 @@
+"""``qs demo``, ``atlas``, ``grid``, ``validate``, ``cohort-tables``, ``preprocess``: the cohort's data."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..io import write_json, write_text
+
+
+def _demo(args):
+    from ..demo import make_demo_cohort
+
+    sheet = make_demo_cohort(args.out, n_subjects=args.subjects, spacing=args.spacing, seed=args.seed, test_fraction=args.test_fraction)
+    print(sheet)
+
+
+def _atlas(args):
+    from ..demo import write_atlas
+
+    for path in write_atlas(args.out, subfolder="").values():
+        print(path)
+
+
+def _grid(args):
+    from ..preprocess import build_atlas_grid
+
+    out = build_atlas_grid(
+        args.t1, args.mask, args.out, spacing=args.spacing, margin_mm=args.margin, atlas_labels=args.labels, atlas_t2=args.t2
+    )
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def _validate(args):
+    from ..validate import validate_subject
+
+    report = validate_subject(args.subject, args.t1, t2=args.t2, labels=args.labels)
+    write_json(report, args.out)
+
+
+def _cohort_tables(args):
+    from ..cohort import cohort_tables
+
+    subjects, pairs, notes = cohort_tables(
+        source=args.source, sheet=args.sheet, bids=args.bids, label_suffixes=tuple(args.label_suffixes),
+        test_fraction=args.test_fraction, seed=args.seed, demo_root=args.demo_root, demo_subjects_n=args.demo_subjects,
+        mode=args.mode, max_train_pairs=args.max_train_pairs, max_test_pairs=args.max_test_pairs,
+    )
+    for note in notes:
+        print(f"qs: warning: {note}", file=sys.stderr)
+    write_text(subjects.to_csv(sep="\t", index=False), args.out_subjects)
+    write_text(pairs.to_csv(sep="\t", index=False), args.out_pairs)
+
+
+def _preprocess(args):
+    from ..preprocess import preprocess_subject
+
+    out = preprocess_subject(
+        args.subject,
+        args.atlas,
+        args.atlas_mask,
+        args.t1,
+        args.out,
+        t2=args.t2,
+        labels=args.labels,
+        normalize=args.normalize,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("demo", help="write the built-in demo cohort (from the MNI ICBM152 2009a template)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--subjects", type=int, default=8, help="number of subjects (default 8)")
+    p.add_argument("--spacing", type=float, default=2.0, help="voxel size of the subject images in mm (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects in the test split")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("atlas", help="write the built-in atlas (MNI ICBM152 2009a T1, T2-like, mask, labels) at 1 mm")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_atlas)
+
+    p = sub.add_parser("grid", help="resample the atlas onto the working grid (cropped, FFT-friendly)")
+    p.add_argument("--t1", required=True, type=Path)
+    p.add_argument("--mask", required=True, type=Path)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--t2", type=Path)
+    p.add_argument("--spacing", type=float, required=True, help="working spacing in mm")
+    p.add_argument("--margin", type=float, default=8.0, help="margin around the brain mask in mm")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_grid)
+
+    p = sub.add_parser("validate", help="check one subject's input files; write a JSON summary")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--t1", required=True, type=Path)
+    p.add_argument("--t2", type=Path)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("cohort-tables", help="the cohort's subject and pair tables (subjects.tsv, pairs.tsv)")
+    p.add_argument("--source", required=True, choices=["demo", "sheet", "bids"])
+    p.add_argument("--sheet", default="", help="subject sheet (TSV) of --source sheet")
+    p.add_argument("--bids", default="", help="BIDS root of --source bids")
+    p.add_argument("--label-suffixes", nargs="+", default=["dseg", "labels"], help="BIDS label image suffixes, in order")
+    p.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects without a split that become test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--demo-root", default="", help="folder of the demo cohort (--source demo)")
+    p.add_argument("--demo-subjects", type=int, default=0, help="subjects of the demo cohort (--source demo)")
+    p.add_argument("--mode", default="image-to-image", choices=["image-to-image", "atlas-to-image"])
+    p.add_argument("--max-train-pairs", type=int, default=0)
+    p.add_argument("--max-test-pairs", type=int, default=0)
+    p.add_argument("--out-subjects", required=True, type=Path)
+    p.add_argument("--out-pairs", required=True, type=Path)
+    p.set_defaults(func=_cohort_tables)
+
+    p = sub.add_parser("preprocess", help="affine to the atlas, resample to the working grid, normalize")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--atlas", required=True, type=Path, help="atlas T1 on the working grid")
+    p.add_argument("--atlas-mask", required=True, type=Path)
+    p.add_argument("--t1", required=True, type=Path)
+    p.add_argument("--t2", type=Path)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--normalize", default="percentile", choices=["percentile", "max", "histeq"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=_preprocess)

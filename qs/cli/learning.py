@@ -1,0 +1,86 @@
+"""``qs patches``, ``train``: training patches and network training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .args import add_lddmm_params, add_patch_args
+
+
+def _patches(args):
+    import numpy as np
+
+    from ..io import check_same_grid, load_image, load_momentum
+    from ..patches import write_pair_patches
+
+    moving = load_image(args.moving, what="moving image")
+    target = load_image(args.target, what="target image")
+    check_same_grid(moving, target, args.moving, args.target)
+    m0 = load_momentum(args.momentum, moving, args.moving)
+    if args.field != "momentum":
+        import torch
+
+        from ..fields import to_field
+        from ..io import spacing
+
+        kernel = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps}
+        m0 = to_field(torch.from_numpy(np.asarray(m0, np.float32)), args.field, spacing(moving), kernel).numpy()
+    write_pair_patches(
+        np.asarray(moving.dataobj), np.asarray(target.dataobj), m0, args.out,
+        patch=args.patch, stride=args.stride, threshold=args.threshold, pair=args.pair, field=args.field,
+    )
+
+
+def _train(args):
+    from ..device import resolve_device
+    from ..train import train
+
+    meta = {
+        "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps,
+        "sigma": args.sigma, "spacing": [args.spacing] * 3, "modality": args.modality,
+    }
+    model = train(
+        args.patches, args.out, meta=meta, kind=args.kind, architecture=args.architecture,
+        features=args.features, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=resolve_device(args.device),
+        dropout=args.dropout, val_fraction=args.val_fraction, loss=args.loss, init=args.init,
+        progress=sys.stderr.isatty(),
+        resume={"auto": "auto", "require": True, "never": False}[args.resume],
+    )
+    print(model)
+
+
+def add_subcommands(sub) -> None:
+    p = sub.add_parser("patches", help="training patches (moving, target, momentum) of one pair")
+    add_patch_args(p)
+    add_lddmm_params(p)  # the kernel K of --field velocity
+    p.set_defaults(func=_patches)
+
+    p = sub.add_parser("train", help="train the prediction or correction network on patch files")
+    p.add_argument("patches", nargs="+", type=Path, help="patch .npy files or folders of them")
+    p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, loss.tsv, loss.png, model.safetensors)")
+    p.add_argument("--kind", default="prediction", choices=["prediction", "correction"])
+    p.add_argument("--architecture", default="quicksilver", choices=["quicksilver", "dilated", "dilated-match"],
+                   help="quicksilver: the paper's encoder-decoder; dilated: a CPU-sized early-fusion dilated CNN; "
+                        "dilated-match: the same fed with image-match features (docs/learning.md)")
+    p.add_argument("--features", type=int, default=64)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--loss", default="l1", choices=["l1", "l2", "lowpass"],
+                   help="loss on the scaled momentum: l1 (paper), l2, lowpass (squared error of the smoothed difference)")
+    p.add_argument("--dropout", type=float, default=0.2, help="0 = deterministic network (no MC dropout)")
+    p.add_argument("--init", type=Path, metavar="MODEL",
+                   help="start from this model's weights (same architecture and features), e.g. the correction "
+                        "network from the prediction network's")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--spacing", type=float, required=True, help="working spacing in mm (recorded in the model)")
+    p.add_argument("--modality", default="T1->T1", help="moving->target contrasts, e.g. T1->T2 (recorded in the model)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default="auto", choices=["auto", "require", "never"],
+                   help="OUT/checkpoint.pt of the same data and settings is continued (the log says so); one of "
+                        "other data or settings: auto = start over, require = error; never = always start over")
+    add_lddmm_params(p)
+    p.set_defaults(func=_train)
