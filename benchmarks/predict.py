@@ -74,8 +74,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from qs.lddmm.run import run_lddmm
-    from qs.predict import run_predict
+    from qs.lddmm_run import run_lddmm
+    from qs.predict.files import run_predict
     from qs.syn import run_syn
 
     res = args.results

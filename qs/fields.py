@@ -1,4 +1,4 @@
-"""The field a network predicts: the LDDMM initial momentum ``m0`` or the initial velocity ``v0 = K m0``.
+"""The field a network predicts (the LDDMM initial momentum ``m0`` or the initial velocity ``v0 = K m0``) and the model's LDDMM.
 
 Quicksilver (Yang et al. 2017, Table 2) predicts the momentum (its best
 variant) and compares predicting the velocity (``D, velocity``): both fix
@@ -16,8 +16,11 @@ zero outside the image; spacing in mm. The velocity is in mm per unit time
 momentum is in the LDDMM's momentum units. ``L = K^{-1}`` is applied exactly
 in the Fourier domain, so ``to_field`` is exact and ``to_momentum(to_field(m,
 "velocity"), cutoff_mm=None)`` gives ``m`` back up to float rounding (tested).
+A model's kernel and its geodesic shooting are built here, from its
+metadata, by :func:`model_kernel` and :func:`model_shooter`.
 
-A *predicted* velocity is low-passed before ``L`` (:func:`lowpass_velocity`):
+A *predicted* velocity is low-passed before ``L`` (:func:`lowpass_velocity`,
+:meth:`qs.lddmm.FluidKernel.lowpass`):
 a network's velocity is rough at the patch seams and from voxel noise, and
 ``L`` (fourth order) turns that roughness into a momentum whose geodesic folds
 within the unit time (NaN displacements on the demo's test pairs). The filter
@@ -32,10 +35,11 @@ finite (``docs/learning.md``). A model may record another ``velocity_cutoff_mm``
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import torch
+
+from .lddmm import DEFAULTS, FluidKernel, Shooter, padded_shape, zero_pad
 
 FIELDS = ("momentum", "velocity")
 #: wavelength (mm) where :func:`lowpass_velocity` halves a predicted velocity's spectrum
@@ -59,65 +63,62 @@ def field_of(meta: dict) -> str:
 
 def kernel_settings(meta: dict) -> dict:
     """The LDDMM kernel and shooting settings of a model: ``alpha, beta, gamma, power, time_steps``."""
-    from .lddmm import DEFAULTS
-
     return {
         "alpha": float(meta["alpha"]), "beta": float(meta["beta"]), "gamma": float(meta["gamma"]),
         "power": int(meta.get("power", DEFAULTS["power"])), "time_steps": int(meta["time_steps"]),
     }
 
 
+def model_kernel(meta: dict, shape, spacing, *, pad: int = 0, device="cpu") -> FluidKernel:
+    """The float32 fluid kernel of ``meta``'s settings on the periodic grid :func:`qs.lddmm.padded_shape`
+    ``(shape, pad)`` of the image grid ``shape`` (voxels) with ``spacing`` (mm)."""
+    k = kernel_settings(meta)
+    return FluidKernel(padded_shape(tuple(int(n) for n in shape), int(pad)), tuple(float(h) for h in spacing),
+                       alpha=k["alpha"], beta=k["beta"], gamma=k["gamma"], power=k["power"], dtype=torch.float32,
+                       device=device)
+
+
+def model_shooter(meta: dict, shape, spacing, *, device="cpu", compile=False) -> Shooter:
+    """Geodesic shooting with ``meta``'s LDDMM settings for momenta on the image grid ``shape`` (``spacing`` mm).
+
+    The kernel of :func:`model_kernel` with the model's ``pad`` (0 when not
+    recorded) and its ``time_steps``: the periodic grid and settings that
+    ``qs lddmm`` optimised the training momenta on. ``device``: a torch device.
+    """
+    kernel = model_kernel(meta, shape, spacing, pad=int(meta.get("pad", 0)), device=device)
+    return Shooter(kernel, time_steps=kernel_settings(meta)["time_steps"], compile=compile)
+
+
 @lru_cache(maxsize=4)  # one kernel per grid and settings: MC samples and correction reuse it
-def _kernel(shape, spacing, alpha, beta, gamma, power, device):
-    from .lddmm import FluidKernel, padded_shape
-
-    return FluidKernel(padded_shape(shape, 0), spacing, alpha=alpha, beta=beta, gamma=gamma, power=power,
-                       dtype=torch.float32, device=torch.device(device))
+def _kernel(shape, spacing, settings, device) -> FluidKernel:
+    return model_kernel(dict(settings), shape, spacing, device=torch.device(device))
 
 
-@lru_cache(maxsize=4)  # the low-pass filter of a grid and settings, reused like the kernel
-def _lowpass_symbol(padded, spacing, alpha, gamma, power, cutoff_mm, device):
-    from .lddmm.kernel import _axis_symbols
-
-    lap = sum(_axis_symbols(n, h, 3, a)[0] for a, (n, h) in enumerate(zip(padded, spacing)))
-    wc = 2.0 * math.pi / cutoff_mm
-    symbol = (alpha * lap + gamma) ** power
-    return (1.0 / (1.0 + symbol / (alpha * wc * wc + gamma) ** power)).to(torch.float32).to(torch.device(device))
-
-
-def _on_periodic_grid(x: torch.Tensor, spacing, meta: dict, operator: str, cutoff_mm=None) -> torch.Tensor:
-    """``operator`` (``"K"``, ``"L"`` or ``"lowpass"``) applied to the field ``x`` zero-padded onto the
-    periodic grid; the result cropped back to ``x``'s grid and dtype."""
-    from .lddmm import padded_shape, zero_pad
-    from .lddmm.kernel import irfft3, rfft3
-
+def _on_periodic_grid(x: torch.Tensor, spacing, meta: dict, operator) -> torch.Tensor:
+    """``operator(kernel, field)`` applied to the field ``x`` zero-padded onto the model kernel's periodic grid
+    (:func:`model_kernel` with ``pad`` 0); the result cropped back to ``x``'s grid and dtype."""
     x = torch.as_tensor(x)
     if x.ndim != 4 or x.shape[0] != 3:
         raise ValueError(f"a field must be (3, I, J, K), got {tuple(x.shape)}")
-    k = kernel_settings(meta)
     shape = tuple(int(n) for n in x.shape[1:])
     spacing = tuple(float(h) for h in spacing)
-    padded = zero_pad(x.to(torch.float32), padded_shape(shape, 0))
-    if operator == "lowpass":
-        filt = _lowpass_symbol(tuple(padded.shape[1:]), spacing, k["alpha"], k["gamma"], k["power"],
-                               float(cutoff_mm), str(x.device))
-        out = irfft3(rfft3(padded) * filt, padded.shape[1:])
-    else:
-        kernel = _kernel(shape, spacing, k["alpha"], k["beta"], k["gamma"], k["power"], str(x.device))
-        out = kernel.apply_operator(padded) if operator == "L" else kernel.apply(padded)
+    kernel = _kernel(shape, spacing, tuple(sorted(kernel_settings(meta).items())), str(x.device))
+    out = operator(kernel, zero_pad(x.to(torch.float32), kernel.shape))
     return out[:, : shape[0], : shape[1], : shape[2]].contiguous().to(x.dtype)
 
 
 def to_field(m0: torch.Tensor, field: str, spacing, meta: dict) -> torch.Tensor:
     """The ``field`` of momentum ``m0``: ``m0`` itself or ``v0 = K m0``."""
-    return m0 if check_field(field) == "momentum" else _on_periodic_grid(m0, spacing, meta, "K")
+    if check_field(field) == "momentum":
+        return m0
+    return _on_periodic_grid(m0, spacing, meta, lambda kernel, m: kernel.apply(m))
 
 
 def lowpass_velocity(v: torch.Tensor, spacing, meta: dict, cutoff_mm: float) -> torch.Tensor:
     """``v`` filtered by ``1 / (1 + l(w) / l(w_c))`` on the periodic grid (see the module docstring); mm in, mm out."""
     if not cutoff_mm > 0:
         raise ValueError(f"lowpass_velocity: cutoff_mm must be positive, got {cutoff_mm}")
-    return _on_periodic_grid(v, spacing, meta, "lowpass", cutoff_mm)
+    return _on_periodic_grid(v, spacing, meta, lambda kernel, f: kernel.lowpass(f, cutoff_mm))
 
 
 def to_momentum(y: torch.Tensor, field: str, spacing, meta: dict, cutoff_mm="model") -> torch.Tensor:
@@ -132,4 +133,4 @@ def to_momentum(y: torch.Tensor, field: str, spacing, meta: dict, cutoff_mm="mod
         cutoff_mm = float(meta.get("velocity_cutoff_mm", VELOCITY_CUTOFF_MM))
     if cutoff_mm is not None:
         y = lowpass_velocity(y, spacing, meta, cutoff_mm)
-    return _on_periodic_grid(y, spacing, meta, "L")
+    return _on_periodic_grid(y, spacing, meta, lambda kernel, v: kernel.apply_operator(v))

@@ -14,18 +14,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-
-def fft_friendly(n: int) -> int:
-    """Smallest integer >= n whose prime factors are all in {2, 3, 5}."""
-    n = max(int(n), 1)
-    while True:
-        m = n
-        for p in (2, 3, 5):
-            while m % p == 0:
-                m //= p
-        if m == 1:
-            return n
-        n += 1
+from .lddmm.kernel import fft_friendly
 
 
 def working_grid(mask: nib.Nifti1Image, spacing: float, margin_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:

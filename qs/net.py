@@ -300,6 +300,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def has_mc_dropout(model: nn.Module) -> bool:
+    """Whether the model has dropout layers (trained with ``dropout > 0``), i.e. can be MC-dropout sampled."""
+    return any(isinstance(m, MCDropout) for m in model.modules())
+
+
 def enable_mc_dropout(model: nn.Module, enabled: bool = True) -> int:
     """Switch MC dropout on (or off) in every dropout layer; returns their number.
 

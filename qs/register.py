@@ -5,7 +5,7 @@ trained for (its metadata's ``spacing``). For two raw images (any grid,
 any orientation) ``qs register`` therefore:
 
 1. takes the atlas on the model's working grid: the built-in MNI ICBM152
-   2009a template (:func:`qs.demo.write_atlas`) resampled by
+   2009a template (:func:`qs.atlas.write_atlas`) resampled by
    :func:`qs.preprocess.build_atlas_grid` at the model's spacing (margin
    ``--margin``, default 8 mm as in ``config.yaml``), or the user's
    ``--atlas``/``--atlas-mask`` (already on the working grid, its spacing
@@ -15,7 +15,7 @@ any orientation) ``qs register`` therefore:
    resampling onto the working grid, :func:`qs.preprocess.normalize_intensity`);
    ``A_T`` and ``A_M`` are the two ANTs affines (atlas point -> subject point);
 3. predicts (and corrects) the registration on the working grid with
-   :func:`qs.predict.run_predict`: ``phi^{-1}`` maps an atlas-space point of
+   :func:`qs.predict.files.run_predict`: ``phi^{-1}`` maps an atlas-space point of
    the target to the atlas-space point of the moving image;
 4. expresses the whole map in the TARGET's raw space. A target raw point
    ``y`` goes to the moving raw point::
@@ -59,7 +59,7 @@ Outputs (``PREFIX`` is a path prefix; ``PREFIX_atlas/`` holds the atlas-space wo
   ``target_T1w.nii.gz`` whatever their contrast), the affines
   ``moving_affine.mat``, ``target_affine.mat`` (atlas point -> raw point),
   QC figures, the atlas working grid (``atlas/``) and the prediction
-  outputs of :func:`qs.predict.run_predict` (``predict/``). The chain
+  outputs of :func:`qs.predict.files.run_predict` (``predict/``). The chain
   ``transformlist=[PREFIX_atlas/target_affine.mat, PREFIX_atlas/predict/warp.nii.gz,
   PREFIX_atlas/moving_affine.mat]``, ``whichtoinvert=[True, False, False]``
   is the same map (tested).
@@ -67,7 +67,6 @@ Outputs (``PREFIX`` is a path prefix; ``PREFIX_atlas/`` holds the atlas-space wo
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -125,7 +124,7 @@ def _atlas_on_grid(atlas, atlas_mask, spacing_mm, margin_mm, folder: Path, model
     if not np.allclose(spacing_mm, spacing_mm[0]):
         raise QsInputError(f"{model_path}: anisotropic working spacing {list(spacing_mm)}; give --atlas and "
                            "--atlas-mask on that grid (the built-in atlas grid is isotropic)")
-    from .demo import write_atlas
+    from .atlas import write_atlas
 
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".atlas-") as tmp:
         native = write_atlas(tmp, subfolder="")
@@ -188,7 +187,7 @@ def compose_to_target(atlas_warp, target_mat, moving_mat, target_img, moving_img
         y = aff_t[:3, :3] @ vox + aff_t[:3, 3:4]
         x = inv_a_t[:3, :3] @ y + inv_a_t[:3, 3:4]
         idx_atlas = inv_atlas[:3, :3] @ x + inv_atlas[:3, 3:4]
-        u = _sample_field(disp_t, idx_atlas)
+        u = _sample_points(disp_t, idx_atlas)  # zero outside the field, as ITK
         u_ras = r_atlas @ u
         z = a_m[:3, :3] @ (x + u_ras) + a_m[:3, 3:4]
         idx_m = inv_aff_m[:3, :3] @ z + inv_aff_m[:3, 3:4]
@@ -203,17 +202,6 @@ def compose_to_target(atlas_warp, target_mat, moving_mat, target_img, moving_img
     return w_vox.astype(np.float32), warped, warped_lab, aff_lps
 
 
-def _sample_field(disp: torch.Tensor, idx: np.ndarray) -> np.ndarray:
-    """Trilinear sample of a ``(3, I, J, K)`` field at continuous voxel indices; zero outside (as ITK)."""
-    return _sample_points(disp, idx)
-
-
-def _ncc(a, b, mask) -> float:
-    x, y = a[mask].astype(np.float64), b[mask].astype(np.float64)
-    x, y = x - x.mean(), y - y.mean()
-    return float((x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum() + 1e-12))
-
-
 def run_register(moving, target, model_path, out_prefix, *, correction_model=None, corrections: int = 1,
                  stride=None, correction_stride=None, mirror_axes=(), atlas=None, atlas_mask=None, labels=None,
                  samples: int = 1, device="auto", seed: int = 0, threads: int = 1, normalize: str = "percentile",
@@ -222,13 +210,14 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
 
     See the module docstring for the steps, the transform design and the
     outputs. ``corrections``, ``stride``, ``correction_stride`` and ``mirror_axes`` as in
-    :func:`qs.predict.run_predict` (``qs predict --corrections/--stride/--correction-stride/--mirror-axes``), checked
+    :func:`qs.predict.files.run_predict` (``qs predict --corrections/--stride/--correction-stride/--mirror-axes``),
+    checked
     before the affine step. Returns the summary (also ``PREFIX_summary.json``) with the
     output paths under ``"outputs"``.
     """
     from .model_io import read_meta
-    from .predict import check_prediction_options, load_models, run_predict
-    from .preprocess import preprocess_subject
+    from .predict.files import check_prediction_options, load_models, run_predict
+    from .preprocess import ncc, preprocess_subject
 
     t_start = time.perf_counter()
     moving, target = Path(moving), Path(target)
@@ -308,7 +297,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
         "seconds_affine": seconds_affine, "seconds_predict": pred["seconds"], "seconds_compose": seconds_compose,
         "device": pred["device"], "samples": pred["samples"], "corrected": pred["corrected"],
         "detj_min": pred["detj_min"], "detj_max": pred["detj_max"],
-        "ncc_with_target": _ncc(warped, tgt, fg),
+        "ncc_with_target": ncc(warped, tgt, fg),
         "prediction": {k: v for k, v in pred.items() if k != "outputs"},
         "outputs": {k: str(v) for k, v in outputs.items()},
     }
@@ -317,44 +306,3 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     summary["seconds_total"] = time.perf_counter() - t_start
     write_json(summary, _prefix_path(prefix, "_summary.json"))
     return summary
-
-
-def _register(args):
-    summary = run_register(
-        args.moving, args.target, args.model, args.out, correction_model=args.correction_model,
-        corrections=args.corrections, stride=args.stride, correction_stride=args.correction_stride,
-        mirror_axes=args.mirror_axes, atlas=args.atlas,
-        atlas_mask=args.atlas_mask, labels=args.labels, samples=args.samples, device=args.device, seed=args.seed,
-        threads=args.threads, normalize=args.normalize, margin_mm=args.margin, batch_size=args.batch_size,
-    )
-    print(json.dumps({k: summary[k] for k in ("seconds_total", "seconds_predict", "device", "detj_min",
-                                              "ncc_with_target", "transformlist")}))
-
-
-def add_subcommands(sub) -> None:
-    """Add ``qs register`` to the ``qs`` parser's subparsers."""
-    from .predict import add_mirror_axes
-
-    p = sub.add_parser("register", help="register two raw images with a trained model (affine + predicted deformation, ANTs-compatible)")
-    p.add_argument("moving", type=Path, help="raw moving image (any grid and orientation)")
-    p.add_argument("target", type=Path, help="raw target image")
-    p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")
-    p.add_argument("--out", required=True, help="output prefix, e.g. out/sub1_to_sub2")
-    p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path, metavar="CORRECTION_MODEL",
-                   help="correction model")
-    p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct (paper: 1)")
-    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
-    p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
-    add_mirror_axes(p)
-    p.add_argument("--atlas", type=Path, help="atlas T1 on the model's working grid (default: built-in MNI at the model's spacing)")
-    p.add_argument("--atlas-mask", type=Path, help="brain mask of --atlas")
-    p.add_argument("--labels", type=Path, help="label image of the raw moving image (warped with nearest neighbour)")
-    p.add_argument("--samples", type=int, default=1, help="MC-dropout samples (> 1: uncertainty in PREFIX_atlas/predict)")
-    p.add_argument("--normalize", default="percentile", choices=["percentile", "max", "histeq"],
-                   help="intensity normalisation (as the training data's pre-processing)")
-    p.add_argument("--margin", type=float, default=8.0, help="margin of the built-in atlas grid around the brain, mm")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="ITK threads of the affine registrations")
-    p.set_defaults(func=_register)

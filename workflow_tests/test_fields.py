@@ -15,7 +15,7 @@ from qs.fields import FIELDS, VELOCITY_CUTOFF_MM, field_of, lowpass_velocity, to
 from qs.io import QsInputError
 from qs.model_io import load_model
 from qs.patches import PatchDataset, write_pair_patches
-from qs.predict import predict_momentum, prediction_starts
+from qs.predict.window import predict_momentum, prediction_starts
 
 SPACING = (2.0, 2.0, 2.0)
 KERNEL = dict(alpha=0.08, beta=0.08, gamma=0.001, time_steps=5)
@@ -56,8 +56,8 @@ def test_velocity_round_trip_and_smoothness():
 def test_predicted_velocity_is_lowpassed_before_shooting():
     """A rough velocity (smooth part + voxel noise, as a network predicts) shoots to NaN as is; low-passed it
     shoots to a diffeomorphism, while a kernel-smooth velocity passes the filter almost unchanged."""
+    from qs.fields import model_shooter
     from qs.lddmm import jacobian_determinant
-    from qs.predict import Shooting
 
     smooth = to_field(_momentum(), "velocity", SPACING, KERNEL)
     smooth = smooth * (2.0 / smooth.abs().max())  # mm
@@ -66,10 +66,10 @@ def test_predicted_velocity_is_lowpassed_before_shooting():
     assert float((lowpass_velocity(smooth, SPACING, KERNEL, VELOCITY_CUTOFF_MM) - smooth).norm()) < 0.03 * float(
         smooth.norm())
     assert float(lowpass_velocity(noise, SPACING, KERNEL, VELOCITY_CUTOFF_MM).norm()) < 0.2 * float(noise.norm())
-    shoot = Shooting(SHAPE, SPACING, dict(KERNEL, power=2, pad=0))
-    raw, _ = shoot(to_momentum(smooth + noise, "velocity", SPACING, KERNEL, cutoff_mm=None))
+    shooter = model_shooter(dict(KERNEL, power=2, pad=0), SHAPE, SPACING)
+    raw = shooter.shoot(to_momentum(smooth + noise, "velocity", SPACING, KERNEL, cutoff_mm=None)).u1
     assert not torch.isfinite(raw).all()
-    u, _ = shoot(to_momentum(smooth + noise, "velocity", SPACING, KERNEL))  # the model's cutoff: the default
+    u = shooter.shoot(to_momentum(smooth + noise, "velocity", SPACING, KERNEL)).u1  # the model's cutoff: the default
     assert torch.isfinite(u).all() and float(jacobian_determinant(u, SPACING).min()) > 0
     # a model may record its own cutoff; a longer one smooths more
     longer = to_momentum(noise, "velocity", SPACING, KERNEL | {"velocity_cutoff_mm": 24.0})
@@ -139,7 +139,7 @@ def test_a_predicted_velocity_is_turned_into_its_momentum():
     meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
                 field="velocity")
     c = (0.4, -0.2, 0.6)  # scaled velocity: v0 = c / 2 on every covered voxel
-    m, _ = predict_momentum(_Constant(c), meta, a, b)
+    m = predict_momentum(_Constant(c), meta, a, b)
     v = to_field(m, "velocity", SPACING, meta)  # shooting m starts from this velocity
     covered = np.zeros(a.shape, bool)
     for i, j, k in prediction_starts(meta, a, b):
@@ -152,7 +152,7 @@ def test_a_predicted_velocity_is_turned_into_its_momentum():
     assert torch.allclose(v, lowpass_velocity(assembled, SPACING, meta, VELOCITY_CUTOFF_MM), atol=1e-5)
     assert float((v - assembled).abs().max()) > 0.01  # the seam at the uncovered slices is smoothed
     # the same network read as a momentum model gives the scaled output itself
-    m_plain, _ = predict_momentum(_Constant(c), {**meta, "field": "momentum"}, a, b)
+    m_plain = predict_momentum(_Constant(c), {**meta, "field": "momentum"}, a, b)
     assert torch.allclose(m_plain[:, covered], torch.tensor(c).view(3, 1) / 2)
 
 

@@ -3,7 +3,8 @@
 import nibabel as nib
 import numpy as np
 
-from qs.grid import fft_friendly, resample_to_grid, working_grid
+from qs.grid import resample_to_grid, working_grid
+from qs.lddmm.kernel import fft_friendly
 
 
 def test_fft_friendly():

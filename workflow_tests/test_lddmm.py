@@ -15,10 +15,11 @@ from scipy import ndimage
 
 from qs.device import resolve_device
 from qs.io import QsInputError
-from qs.lddmm import (FluidKernel, Objective, Shooter, energy_autograd, identity, jacobian_determinant, register,
-                      run_lddmm, warp_image, warp_labels)
+from qs.lddmm import (FluidKernel, Objective, Shooter, energy_autograd, identity, jacobian_determinant,
+                      lddmm_registration, warp_image, warp_labels)
 from qs.lddmm.gradient import local_ncc
 from qs.lddmm.multiscale import coarse_spacing, coarsen_image, refine_momentum
+from qs.lddmm_run import run_lddmm
 from qs.transforms import itk_geometry, read_ants_displacement, write_ants_displacement
 
 # ---------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def recovery():
     m_true = smooth_momentum(obj, 2.5, mask=I0.numpy() > 0.05)
     u_true = obj.crop(obj.shooter.shoot(obj.pad(m_true)).u1)
     I1 = warp_image(I0, u_true, h)
-    res = register(I0, I1, h, iterations=30, progress=False, compile=False)
+    res = lddmm_registration(I0, I1, h, iterations=30, progress=False, compile=False)
     return I0, I1, u_true, res
 
 
@@ -227,7 +228,7 @@ def test_energy_decreases(recovery):
 def test_lbfgs_beats_gradient_descent_at_equal_shootings(recovery, method):
     """Same pair, same number of energy evaluations: L-BFGS ends lower, and every rule is monotone."""
     I0, I1, _, res = recovery
-    other = register(I0, I1, (2.0, 2.0, 2.0), iterations=30, method=method, progress=False, compile=False)
+    other = lddmm_registration(I0, I1, (2.0, 2.0, 2.0), iterations=30, method=method, progress=False, compile=False)
     energies = [r["energy"] for r in other.history]
     assert all(b <= a for a, b in zip(energies, energies[1:]))
     assert res.summary["optimizer"] == "lbfgs" and other.summary["optimizer"] == method
@@ -237,7 +238,7 @@ def test_lbfgs_beats_gradient_descent_at_equal_shootings(recovery, method):
 def test_optimize_rejects_unknown_method(recovery):
     I0, I1, _, _ = recovery
     with pytest.raises(ValueError, match="method must be one of lbfgs, gd, gd-V"):
-        register(I0, I1, (2.0, 2.0, 2.0), iterations=1, method="adam", progress=False, compile=False)
+        lddmm_registration(I0, I1, (2.0, 2.0, 2.0), iterations=1, method="adam", progress=False, compile=False)
 
 
 def test_local_ncc_ignores_local_intensity_maps():
@@ -273,7 +274,7 @@ def test_lncc_registration_is_robust_to_a_bias_field(recovery):
     mask = torch.from_numpy(ndimage.binary_dilation(I0.numpy() > 0.05, iterations=2))
     err, detj = {}, {}
     for sim in ("lncc", "ssd"):
-        res = register(I0, biased, h, iterations=30, similarity=sim, progress=False, compile=False)
+        res = lddmm_registration(I0, biased, h, iterations=30, similarity=sim, progress=False, compile=False)
         err[sim] = float((res.phiinv - u_true).norm(dim=0)[mask].mean())
         detj[sim] = res.summary["detj_min"]
         assert res.summary["similarity"] == sim
@@ -281,9 +282,9 @@ def test_lncc_registration_is_robust_to_a_bias_field(recovery):
         assert all(b <= a for a, b in zip(energies, energies[1:])) and energies[-1] < energies[0]
     assert detj["lncc"] > 0 and err["lncc"] < 0.7 * err["ssd"], (err, detj)
     with pytest.raises(ValueError, match="similarity must be one of ssd, lncc"):
-        register(I0, I1, h, iterations=1, similarity="mi", progress=False, compile=False)
+        lddmm_registration(I0, I1, h, iterations=1, similarity="mi", progress=False, compile=False)
     with pytest.raises(ValueError, match="window must be an odd number"):
-        register(I0, I1, h, iterations=1, similarity="lncc", window=4, progress=False, compile=False)
+        lddmm_registration(I0, I1, h, iterations=1, similarity="lncc", window=4, progress=False, compile=False)
 
 
 def test_cli_refuses_an_even_window(capsys):
@@ -315,7 +316,7 @@ def test_coarse_to_fine_registration(recovery):
     keeps little of it: see the README's LDDMM figures.)"""
     I0, I1, u_true, _ = recovery
     h = (2.0, 2.0, 2.0)
-    both = register(I0, I1, h, iterations=10, coarse_iterations=20, progress=False, compile=False)
+    both = lddmm_registration(I0, I1, h, iterations=10, coarse_iterations=20, progress=False, compile=False)
     rows = both.history
     assert len(rows) == 21 + 11 and [r["iteration"] for r in rows] == list(range(32))
     assert [r["spacing_mm"] for r in rows] == [4.0] * 21 + [2.0] * 11

@@ -5,7 +5,7 @@ at 6 mm (3 subjects), the atlas working grid at 6 mm (30 x 36 x 30), the
 subjects put on it through their true affines, LDDMM momenta of two training
 pairs (5 iterations, 5 time steps), a 4-feature prediction network trained
 for one epoch on their patches (stride 7), a correction network trained on
-the residuals (:func:`qs.predict.correction_inputs`), and untrained nets
+the residuals (:func:`qs.predict.correction.correction_inputs`), and untrained nets
 saved as models to test the warps with deformations of a few mm.
 """
 
@@ -20,13 +20,16 @@ import torch
 
 import qs.cli
 from qs.io import QsInputError, save_array
-from qs.lddmm import register, warp_image
+from qs.fields import model_shooter
+from qs.lddmm import lddmm_registration, warp_image
 from qs.model_io import RUN_KEYS, load_model, save_model
 from qs.net import MCDropout, QuicksilverNet, enable_mc_dropout
 from qs.patches import extract_patches, patch_starts, reassemble, write_pair_patches
-from qs.predict import (COMPILE_MIN_SHOTS, Shooting, correction_inputs, iter_momentum_samples, load_models, predict_momentum,
-                        predict_registration, prediction_starts, run_correction_patches, run_predict, shooting_compile,
-                        warp_back)
+from qs.predict.correction import COMPILE_MIN_SHOTS, correction_inputs, shooting_compile, warped_back_target
+from qs.predict.files import load_models, run_correction_patches, run_predict
+from qs.predict.mc_dropout import iter_momentum_samples, sample_momentum
+from qs.predict.registration import predict_registration
+from qs.predict.window import predict_momentum, prediction_starts
 from qs.transforms import read_ants_displacement
 
 SPACING = 6.0
@@ -80,7 +83,7 @@ def trained(tmp_path_factory):
     m0 = {}
     files = []
     for a, b in PAIRS:
-        res = register(images[a], images[b], (SPACING,) * 3, iterations=5, time_steps=5, progress=False,
+        res = lddmm_registration(images[a], images[b], (SPACING,) * 3, iterations=5, time_steps=5, progress=False,
                        compile=False, device="cpu")
         m0[(a, b)] = res.m0
         files.append(write_pair_patches(images[a], images[b], res.m0, root / "patches" / f"{a}_{b}.npy", stride=7,
@@ -168,7 +171,7 @@ def test_sanity_prediction_beats_zero_momentum_on_a_training_pair(trained):
     """
     model, meta = load_model(trained["model"])
     a, b = PAIRS[0]
-    m, _ = predict_momentum(model, meta, trained["images"][a], trained["images"][b])
+    m = predict_momentum(model, meta, trained["images"][a], trained["images"][b])
     truth = trained["m0"][(a, b)]
     assert float((m - truth).abs().mean()) < float(truth.abs().mean())
 
@@ -190,11 +193,11 @@ def test_one_sample_is_the_plain_prediction_with_dropout_off(trained):
         plain = reassemble(model.eval()(extract_patches(vol, starts, meta["patch"])), starts, mov.shape)
     plain = plain / meta["momentum_scale"]
     enable_mc_dropout(model, True)  # samples=1 must switch it off
-    mean, samples = predict_momentum(model, meta, mov, tgt, samples=1, batch_size=len(starts))
-    assert samples is None and torch.equal(mean, plain)
+    mean = predict_momentum(model, meta, mov, tgt, batch_size=len(starts))
+    assert torch.equal(mean, plain)
     assert not any(m.mc for m in model.modules() if isinstance(m, MCDropout))
     # the default batch size gives the same field up to rounding of the batched convolutions
-    again, _ = predict_momentum(model, meta, mov, tgt)
+    again = predict_momentum(model, meta, mov, tgt)
     assert torch.allclose(again, plain, rtol=1e-5, atol=1e-6 * float(plain.abs().max()))
     # voxels of skipped (background) patches get zero momentum; foreground voxels are all covered
     assert mean.shape == (3, *mov.shape) and torch.isfinite(mean).all()
@@ -220,10 +223,10 @@ def test_background_patches_are_skipped(trained):
     every = patch_starts(mov.shape, meta["patch"], meta["stride"])
     starts = prediction_starts(meta, mov, tgt)
     assert len(starts) < len(every)
-    m, _ = predict_momentum(model, meta, mov, tgt)
+    m = predict_momentum(model, meta, mov, tgt)
     assert (m[..., -2 * meta["stride"] :] == 0).all()  # the empty slab: nothing predicted
     assert (m[..., : mov.shape[2] - 3 * meta["stride"]] != 0).any()
-    inner, _ = predict_momentum(model, meta, trained["images"]["sub-01"], trained["images"]["sub-02"])
+    inner = predict_momentum(model, meta, trained["images"]["sub-01"], trained["images"]["sub-02"])
     assert inner.abs().max() > 0
 
 
@@ -231,15 +234,15 @@ def test_mc_samples_are_seeded_and_differ(trained):
     model, meta = load_model(trained["model"])
     mov, tgt = trained["images"]["sub-01"], trained["images"]["sub-02"]
     state = torch.get_rng_state()
-    mean, samples = predict_momentum(model, meta, mov, tgt, samples=3, seed=5)
+    mean, samples = sample_momentum(model, meta, mov, tgt, samples=3, seed=5)
     assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
     assert len(samples) == 3 and not torch.equal(samples[0], samples[1])
     assert torch.allclose(mean, torch.stack(samples).mean(0), atol=1e-6 * float(mean.abs().max()))
     again = list(iter_momentum_samples(model, meta, mov, tgt, samples=3, seed=5))
     assert all(torch.equal(x, y) for x, y in zip(samples, again))
-    other, _ = predict_momentum(model, meta, mov, tgt, samples=3, seed=6)
+    other, _ = sample_momentum(model, meta, mov, tgt, samples=3, seed=6)
     assert not torch.equal(other, mean)
-    plain, _ = predict_momentum(model, meta, mov, tgt)
+    plain = predict_momentum(model, meta, mov, tgt)
     assert not torch.equal(plain, mean)
 
 
@@ -248,15 +251,15 @@ def test_correction_adds_the_residual_prediction(trained):
     cmodel, cmeta = load_model(trained["correction"], expect={"kind": "correction"})
     mov, tgt = trained["images"]["sub-01"], trained["images"]["sub-02"]
     res = predict_registration(model, meta, mov, tgt, correction=(cmodel, cmeta), progress=False)
-    m_pred, _ = predict_momentum(model, meta, mov, tgt)
-    _, phi = Shooting(mov.shape, meta["spacing"], meta)(m_pred, forward_map=True)
-    back = warp_back(torch.from_numpy(tgt), phi, meta["spacing"])
-    m_corr, _ = predict_momentum(cmodel, cmeta, mov, back)
+    m_pred = predict_momentum(model, meta, mov, tgt)
+    shooter = model_shooter(meta, mov.shape, meta["spacing"])
+    back = warped_back_target(shooter, m_pred, torch.from_numpy(tgt), meta["spacing"])
+    m_corr = predict_momentum(cmodel, cmeta, mov, back)
     assert torch.equal(res.m_pred, m_pred) and torch.equal(res.m_corr, m_corr)
     assert torch.equal(res.m0, m_pred + m_corr) and float(m_corr.abs().max()) > 0
     assert res.summary["corrected"] and res.summary["detj_min"] > 0
     # the forward map really pulls the target back: I1 o phi_1 o phi_1^{-1} ~ I1 where the images have structure
-    u, _ = Shooting(mov.shape, meta["spacing"], meta)(m_pred)
+    u = shooter.shoot(m_pred).u1
     there_and_back = warp_image(back, u, meta["spacing"])
     inside = torch.from_numpy(tgt > 0.2)
     assert float((there_and_back - torch.from_numpy(tgt))[inside].abs().mean()) < 0.05
@@ -268,7 +271,7 @@ def test_correction_adds_the_residual_prediction(trained):
 
 def test_mirror_axes_average_mirror_images_and_make_the_prediction_mirror_equivariant(trained):
     from qs.patches import patch_starts
-    from qs.predict import mirror_subsets
+    from qs.predict.window import mirror_subsets
 
     assert mirror_subsets([2, 0]) == [(), (0,), (2,), (0, 2)] and mirror_subsets(()) == [()]
     with pytest.raises(ValueError, match="distinct voxel axes"):
@@ -279,21 +282,21 @@ def test_mirror_axes_average_mirror_images_and_make_the_prediction_mirror_equiva
     # a stride whose patch grid is symmetric along axis 0, so that the mirrored pair gets the mirrored patches
     stride = next(s for s in range(14, 0, -1) if (n - p) % s == 0)
     assert patch_starts(mov.shape, p, stride)[:, 0].max() == n - p
-    plain, _ = predict_momentum(model, meta, mov, tgt, stride=stride)
-    both, _ = predict_momentum(model, meta, mov, tgt, stride=stride, mirror_axes=[0])
+    plain = predict_momentum(model, meta, mov, tgt, stride=stride)
+    both = predict_momentum(model, meta, mov, tgt, stride=stride, mirror_axes=[0])
 
     def mirrored(m):  # a momentum of the pair mirrored along axis 0, in the pair's own orientation
         m = m.flip(1)
         m[0] = -m[0]
         return m
 
-    flipped, _ = predict_momentum(model, meta, np.flip(mov, 0).copy(), np.flip(tgt, 0).copy(), stride=stride)
+    flipped = predict_momentum(model, meta, np.flip(mov, 0).copy(), np.flip(tgt, 0).copy(), stride=stride)
     # the mean of the pair's prediction and the mirrored pair's, mirrored back
     assert torch.allclose(both, 0.5 * (plain + mirrored(flipped)), atol=1e-6 * float(plain.abs().max()))
     # an untrained net is far from mirror-equivariant; the mirror average is exactly so
     assert not torch.allclose(plain, mirrored(flipped), atol=0.1 * float(plain.abs().max()))
-    both_of_flipped, _ = predict_momentum(model, meta, np.flip(mov, 0).copy(), np.flip(tgt, 0).copy(), stride=stride,
-                                          mirror_axes=[0])
+    both_of_flipped = predict_momentum(model, meta, np.flip(mov, 0).copy(), np.flip(tgt, 0).copy(), stride=stride,
+                                       mirror_axes=[0])
     assert torch.allclose(both, mirrored(both_of_flipped), atol=1e-5 * float(both.abs().max()))
     res = predict_registration(model, meta, mov, tgt, stride=stride, mirror_axes=[0], progress=False)
     assert torch.equal(res.m0, both) and res.summary["mirror_axes"] == [0]
@@ -306,9 +309,8 @@ def test_two_correction_rounds_correct_what_the_first_left(trained):
     one = predict_registration(model, meta, mov, tgt, correction=corr, progress=False)
     two = predict_registration(model, meta, mov, tgt, correction=corr, corrections=2, progress=False)
     # round 2: shoot the once-corrected momentum, warp the target back, add the network's residual
-    shooting = Shooting(mov.shape, meta["spacing"], meta)
-    _, phi = shooting(one.m0, forward_map=True)
-    step, _ = predict_momentum(*corr, mov, warp_back(torch.from_numpy(tgt), phi, meta["spacing"]))
+    shooter = model_shooter(meta, mov.shape, meta["spacing"])
+    step = predict_momentum(*corr, mov, warped_back_target(shooter, one.m0, torch.from_numpy(tgt), meta["spacing"]))
     assert torch.equal(two.m_pred, one.m_pred) and float(step.abs().max()) > 0
     assert torch.allclose(two.m_corr, one.m_corr + step, atol=1e-6)
     assert torch.allclose(two.m0, one.m0 + step, atol=1e-6)

@@ -1,3 +1,49 @@
-"""TEMPORARY: the register commands still live in qs.register (being moved here)."""
+"""``qs register``: the arguments of the raw-image registration stage (:mod:`qs.register`)."""
 
-from ..register import add_subcommands  # noqa: F401
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .predict import add_mirror_axes
+
+
+def _register(args):
+    from ..register import run_register
+
+    summary = run_register(
+        args.moving, args.target, args.model, args.out, correction_model=args.correction_model,
+        corrections=args.corrections, stride=args.stride, correction_stride=args.correction_stride,
+        mirror_axes=args.mirror_axes, atlas=args.atlas,
+        atlas_mask=args.atlas_mask, labels=args.labels, samples=args.samples, device=args.device, seed=args.seed,
+        threads=args.threads, normalize=args.normalize, margin_mm=args.margin, batch_size=args.batch_size,
+    )
+    print(json.dumps({k: summary[k] for k in ("seconds_total", "seconds_predict", "device", "detj_min",
+                                              "ncc_with_target", "transformlist")}))
+
+
+def add_subcommands(sub) -> None:
+    """Add ``qs register`` to the ``qs`` parser's subparsers."""
+    p = sub.add_parser("register", help="register two raw images with a trained model (affine + predicted deformation, ANTs-compatible)")
+    p.add_argument("moving", type=Path, help="raw moving image (any grid and orientation)")
+    p.add_argument("target", type=Path, help="raw target image")
+    p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")
+    p.add_argument("--out", required=True, help="output prefix, e.g. out/sub1_to_sub2")
+    p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path, metavar="CORRECTION_MODEL",
+                   help="correction model")
+    p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct (paper: 1)")
+    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
+    p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
+    add_mirror_axes(p)
+    p.add_argument("--atlas", type=Path, help="atlas T1 on the model's working grid (default: built-in MNI at the model's spacing)")
+    p.add_argument("--atlas-mask", type=Path, help="brain mask of --atlas")
+    p.add_argument("--labels", type=Path, help="label image of the raw moving image (warped with nearest neighbour)")
+    p.add_argument("--samples", type=int, default=1, help="MC-dropout samples (> 1: uncertainty in PREFIX_atlas/predict)")
+    p.add_argument("--normalize", default="percentile", choices=["percentile", "max", "histeq"],
+                   help="intensity normalisation (as the training data's pre-processing)")
+    p.add_argument("--margin", type=float, default=8.0, help="margin of the built-in atlas grid around the brain, mm")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="ITK threads of the affine registrations")
+    p.set_defaults(func=_register)

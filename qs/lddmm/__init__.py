@@ -1,14 +1,17 @@
-"""LDDMM engine: fluid kernel, EPDiff geodesic shooting, adjoint gradient, optimizer.
+"""LDDMM engine: fluid kernel, EPDiff geodesic shooting, adjoint gradient, optimizer (tensors only).
 
-Layers (pure tensor code; file I/O only in :mod:`.run`):
+Modules (pure tensor code: no file I/O; the file runner of ``qs lddmm`` is the stage :mod:`qs.lddmm_run`):
 
-* :mod:`.kernel`   -- ``K = (-alpha Lap - beta grad div + gamma)^{-p}`` in the Fourier domain (mm units)
-* :mod:`.shooting` -- EPDiff + inverse map, RK4, checkpointed exact adjoint (:class:`Shooter`)
-* :mod:`.gradient` -- the energy ``E(m0)`` and its gradient (:class:`Objective`)
-* :mod:`.optimize` -- L-BFGS or gradient descent on ``m0`` (:func:`optimize`)
-* :mod:`.warp`     -- sampling images/labels/fields at maps in mm
-* :mod:`.jacobian` -- det J of maps
-* :mod:`.run`      -- :func:`register` (tensors) and :func:`run_lddmm` (files)
+* :mod:`.kernel`       -- :class:`FluidKernel`: ``K = (-alpha Lap - beta grad div + gamma)^{-p}``,
+  ``L^p`` and the kernel-shaped low-pass, in the Fourier domain on a periodic grid (mm units)
+* :mod:`.epdiff`       -- EPDiff and inverse-map right-hand sides, their VJP, the RK4 stages
+* :mod:`.shooting`     -- :class:`Shooter`: RK4 geodesic shooting with a checkpointed exact adjoint
+* :mod:`.gradient`     -- the energy ``E(m0)`` and its gradient (:class:`Objective`)
+* :mod:`.optimize`     -- L-BFGS or gradient descent on ``m0`` (:func:`optimize`)
+* :mod:`.multiscale`   -- coarse-to-fine: images to a grid twice as coarse, momenta back
+* :mod:`.registration` -- :func:`lddmm_registration`: one pair, optimised, shot, warped
+* :mod:`.warp`         -- sampling images/labels/fields at maps in mm
+* :mod:`.jacobian`     -- det J of maps
 
 Conventions: fields are ``(3, I, J, K)``, component ``c`` along voxel axis
 ``c``, in mm; maps are positions in mm relative to the grid origin (see :mod:`qs`).
@@ -18,12 +21,12 @@ from .gradient import Energy, Objective, energy_autograd
 from .jacobian import jacobian_determinant
 from .kernel import DEFAULTS, FluidKernel, padded_shape, zero_pad
 from .optimize import OptimizeResult, optimize
-from .run import RegistrationResult, register, run_lddmm
+from .registration import RegistrationResult, lddmm_registration
 from .shooting import Geodesic, Shooter
 from .warp import identity, sample, warp_image, warp_labels
 
 __all__ = [
     "DEFAULTS", "Energy", "FluidKernel", "Geodesic", "Objective", "OptimizeResult", "RegistrationResult",
-    "Shooter", "energy_autograd", "identity", "jacobian_determinant", "optimize", "padded_shape", "zero_pad",
-    "register", "run_lddmm", "sample", "warp_image", "warp_labels",
+    "Shooter", "energy_autograd", "identity", "jacobian_determinant", "lddmm_registration", "optimize",
+    "padded_shape", "sample", "warp_image", "warp_labels", "zero_pad",
 ]

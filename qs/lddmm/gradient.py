@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .kernel import DEFAULTS, FluidKernel, padded_shape, zero_pad
-from .shooting import Shooter, rk4_step
+from .epdiff import rk4_step
+from .shooting import Shooter
 from .warp import identity, sample
 
 
@@ -204,7 +205,7 @@ def energy_autograd(obj: Objective, m0: torch.Tensor) -> tuple[torch.Tensor, tor
     m, u = m0p, torch.zeros_like(m0p)
     v0 = None
     for _ in range(sh.time_steps):
-        m, u, v = rk4_step(m, u, obj.kernel._K, dt=sh.dt, spacing=sh.spacing, shape=sh.shape)
+        m, u, v = rk4_step(m, u, sh.kernel, dt=sh.dt)
         if v0 is None:
             v0 = v
     reg = 0.5 * (m0p * v0).sum() / obj.nvox

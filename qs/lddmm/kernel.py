@@ -44,9 +44,20 @@ import math
 
 import torch
 
-from qs.grid import fft_friendly
-
 DEFAULTS = {"alpha": 0.01, "beta": 0.01, "gamma": 0.001, "power": 2}
+
+
+def fft_friendly(n: int) -> int:
+    """Smallest integer >= n whose prime factors are all in {2, 3, 5}."""
+    n = max(int(n), 1)
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
 
 
 def padded_shape(shape, pad: int = 0) -> tuple[int, ...]:
@@ -91,11 +102,13 @@ def _axis_symbols(n: int, h: float, dim: int, axis: int):
 
 
 class FluidKernel:
-    """``K = L^{-power}`` on a periodic grid of ``shape`` with ``spacing`` (mm).
+    """``K = L^{-power}`` on a periodic grid of ``shape`` with ``spacing`` (mm): the settings and the operators.
 
-    ``apply(m)`` returns ``K m``; ``apply_operator(v)`` returns ``L^power v``.
-    Fields are ``(3, I, J, K)`` (or ``(N, 3, I, J, K)``) with component ``c``
-    along voxel axis ``c``. ``K`` is self-adjoint for the plain sum over voxels.
+    ``apply(m)`` returns ``K m`` (momentum to velocity, mm per unit time);
+    ``apply_operator(v)`` returns ``L^power v``; ``lowpass(v, cutoff_mm)`` the
+    kernel-shaped low-pass of a velocity. Fields are ``(3, I, J, K)`` (or
+    ``(N, 3, I, J, K)``) on this periodic grid with component ``c`` along voxel
+    axis ``c``. ``K`` is self-adjoint for the plain sum over voxels.
     """
 
     def __init__(self, shape, spacing, *, alpha=DEFAULTS["alpha"], beta=DEFAULTS["beta"],
@@ -115,6 +128,7 @@ class FluidKernel:
         self.dtype, self.device = dtype, torch.device(device)
         self._K = self._symbol(inverse=True)
         self._L = None  # built on first use
+        self._lowpass = {}  # cutoff (mm) -> filter, built on first use
 
     @property
     def params(self) -> dict:
@@ -150,26 +164,46 @@ class FluidKernel:
             sym[:, sl] = torch.stack(out).repeat_interleave(2, dim=-1).to(dtype=self.dtype, device=self.device)
         return sym
 
-    # 3x3 symmetric matrix per frequency times a 3-vector of spectra
-    def _multiply(self, sym, X):
-        return symbol_multiply(sym, X)
-
     def _check(self, x):
-
         if x.shape[-4:] != (3, *self.shape):
             raise ValueError(f"FluidKernel: expected a field (..., 3, {self.shape}), got {tuple(x.shape)}")
 
-    def apply(self, m: torch.Tensor) -> torch.Tensor:
-        """``K m`` (momentum to velocity)."""
+    def apply(self, m: torch.Tensor, *, multiply=None) -> torch.Tensor:
+        """``K m`` (momentum to velocity).
+
+        ``multiply``: the function ``(symbol, spectrum) -> spectrum`` that does
+        the per-frequency product (default :func:`symbol_multiply`; the
+        shooting passes its compiled copy of it).
+        """
         self._check(m)
-        return irfft3(self._multiply(self._K, rfft3(m)), self.shape)
+        return irfft3((multiply or symbol_multiply)(self._K, rfft3(m)), self.shape)
 
     def apply_operator(self, v: torch.Tensor) -> torch.Tensor:
         """``L^power v`` (velocity to momentum), the inverse of :meth:`apply`."""
         self._check(v)
         if self._L is None:
             self._L = self._symbol(inverse=False)
-        return irfft3(self._multiply(self._L, rfft3(v)), self.shape)
+        return irfft3(symbol_multiply(self._L, rfft3(v)), self.shape)
+
+    def lowpass(self, v: torch.Tensor, cutoff_mm: float) -> torch.Tensor:
+        """``v`` filtered by ``1 / (1 + l(w) / l(w_c))``: mm in, mm out.
+
+        ``l(w) = (alpha |w|^2 + gamma)^power`` is the kernel's isotropic part
+        (the discrete Laplacian's symbol for ``|w|^2``; ``beta`` plays no part)
+        and ``w_c = 2 pi / cutoff_mm``: the Tikhonov projection onto fields of
+        the kernel's smoothness, which halves the spectrum at the wavelength
+        ``cutoff_mm`` (:func:`qs.fields.lowpass_velocity`). The filter is
+        computed in float64 once per cutoff and stored in the working dtype.
+        """
+        self._check(v)
+        key = float(cutoff_mm)
+        if key not in self._lowpass:
+            lap = sum(_axis_symbols(n, h, 3, a)[0] for a, (n, h) in enumerate(zip(self.shape, self.spacing)))
+            wc = 2.0 * math.pi / key
+            symbol = (self.alpha * lap + self.gamma) ** self.power
+            filt = 1.0 / (1.0 + symbol / (self.alpha * wc * wc + self.gamma) ** self.power)
+            self._lowpass[key] = filt.to(self.dtype).to(self.device)
+        return irfft3(rfft3(v) * self._lowpass[key], self.shape)
 
 
 # Above this many voxels per component, transforming the components one at a

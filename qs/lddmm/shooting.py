@@ -1,39 +1,26 @@
-"""Vector-momentum geodesic shooting (EPDiff) with RK4, and its exact discrete adjoint.
+"""Vector-momentum geodesic shooting (EPDiff, RK4) with its exact discrete adjoint: :class:`Shooter`.
 
-State on the periodic (padded) grid, component ``c`` along voxel axis ``c``, mm:
-
-* ``m`` momentum, ``v = K m`` velocity (mm per unit time, ``K`` from :mod:`.kernel`);
-* ``u`` displacement of the inverse map, ``phi_t^{-1}(x) = x + u(x)`` (mm).
-
-Equations (``D_j`` = central difference along axis ``j`` divided by ``2 h_j``,
-periodic; ``div v = sum_j D_j v_j``)::
-
-    dm_i/dt = -sum_j v_j D_j m_i  -  m_i div v  -  sum_j m_j D_i v_j
-              (= -(Dm) v - m div v - (Dv)^T m, EPDiff in vector-momentum form)
-    du_i/dt = -sum_j v_j D_j u_i  -  v_i
-              (= d(phi^{-1})/dt = -D(phi^{-1}) v, with phi^{-1} = id + u)
-
-both integrated together with classical RK4 over ``t in [0, 1]`` in
-``time_steps`` equal steps. The forward map ``phi_1 = id + w`` is obtained by
-the same Eulerian scheme run backwards in time on the same velocities,
-``dw/ds = v_{1-s} + (Dw) v_{1-s}`` (``phi_1`` is the inverse of the flow of
-``-v_{1-s}``).
+The state and the equations are those of :mod:`.epdiff`: ``(m, u)``
+integrated together with classical RK4 over ``t in [0, 1]`` in
+``time_steps`` equal steps, on the kernel's periodic grid (mm). The forward
+map ``phi_1 = id + w`` is obtained by the same Eulerian scheme run backwards
+in time on the same velocities. A momentum given on an image grid (smaller
+than the periodic grid) sits at the start of the periodic grid, zero
+outside, and the outputs are cropped back to it (:meth:`Shooter.shoot`).
 
 Gradient: :class:`Shooter` keeps only ``(m_k, u_k)`` at the start of each time
 step (``2 x 3`` fields per step; plus the 4 stage velocities when that is
 cheap, see ``store_velocities``) and, going backwards, recomputes one step's
 four stages and pulls the cotangent back through them with hand-written
-vector-Jacobian products (:func:`rhs_vjp`) -- the exact adjoint of the
+vector-Jacobian products (:func:`.epdiff.rhs_vjp`) -- the exact adjoint of the
 discrete scheme, checked against autograd in the tests. Peak memory is the
 checkpoints plus one step's stages; there is no autograd graph.
 
 Speed: the time goes into element-wise stencil work, not the FFT. The stage
-functions (:func:`stage_fwd`, :func:`stage_vjp`, ...) are plain tensor code
-that ``torch.compile`` (inductor, C++/OpenMP on CPU) fuses into a few loops
-each (``compile=True``, or ``"auto"`` on grids of at least
-``COMPILE_MIN_VOXELS``); any compile failure falls back to eager execution
-with a warning. :func:`rk4_step` is the same step written as one plain
-function: the reference that the naive autograd baseline and the tests use.
+functions of :mod:`.epdiff` are what ``torch.compile`` (inductor, C++/OpenMP
+on CPU) fuses into a few loops each (``compile=True``, or ``"auto"`` on grids
+of at least ``COMPILE_MIN_VOXELS``); any compile failure falls back to eager
+execution with a warning.
 """
 
 from __future__ import annotations
@@ -43,154 +30,16 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernel import FluidKernel, irfft3, rfft3, symbol_multiply
+from .epdiff import fmap_last, fmap_stage, stage_cotangent, stage_fwd, stage_last, stage_next, stage_vjp
+from .kernel import FluidKernel, symbol_multiply, zero_pad
 
 # Grids with at least this many voxels use torch.compile when compile="auto".
 COMPILE_MIN_VOXELS = 40**3
 
 
-# --------------------------------------------------------------------------
-# Differential operators and right-hand sides (fields are (3, I, J, K))
-# --------------------------------------------------------------------------
-
-def cdiff(f: torch.Tensor, axis: int, h: float) -> torch.Tensor:
-    """Central difference ``(f[x+1] - f[x-1]) / 2h`` along spatial ``axis`` (0, 1, 2), periodic.
-
-    Along the two outer axes this is a pair of ``roll``s. Along the innermost
-    (contiguous) axis the interior and the two wrapped end voxels are written
-    separately: the same numbers, but ``torch.compile`` turns it into
-    contiguous vector loads instead of per-element modulo gathers (2x faster).
-    """
-    if axis < 2:
-        ax = axis - 3
-        return (torch.roll(f, -1, ax) - torch.roll(f, 1, ax)) * (0.5 / h)
-    n = f.shape[-1]
-    inner = torch.nn.functional.pad(f[..., 2:] - f[..., :-2], (1, 1))
-    k = torch.arange(n, device=f.device)
-    out = torch.where(k == 0, f[..., 1:2] - f[..., n - 1:], torch.where(k == n - 1, f[..., :1] - f[..., n - 2:n - 1], inner))
-    return out * (0.5 / h)
-
-
-def epdiff_rhs(m, v, spacing):
-    """``dm/dt = -(Dm) v - m div v - (Dv)^T m``."""
-    adv = sum(v[j] * cdiff(m, j, spacing[j]) for j in range(3))
-    div = sum(cdiff(v[j], j, spacing[j]) for j in range(3))
-    dv = [cdiff(v, i, spacing[i]) for i in range(3)]  # dv[i][j] = D_i v_j
-    coad = torch.stack([(m * dv[i]).sum(0) for i in range(3)])
-    return -(adv + m * div + coad)
-
-
-def map_rhs(u, v, spacing):
-    """``du/dt = -(Du) v - v`` for ``phi^{-1} = id + u``."""
-    return -(sum(v[j] * cdiff(u, j, spacing[j]) for j in range(3)) + v)
-
-
-def forward_map_rhs(w, v, spacing):
-    """``dw/ds = (Dw) v + v`` (forward map, integrated backwards in time)."""
-    return sum(v[j] * cdiff(w, j, spacing[j]) for j in range(3)) + v
-
-
-def rhs_vjp(m, u, v, a, b, spacing):
-    """Pull cotangents ``a`` (of dm/dt) and ``b`` (of du/dt) back to ``(m, u, v)``.
-
-    With ``D^T = -D`` (periodic central differences)::
-
-        mbar   = sum_j D_j(v_j a) - a div v - [sum_k a_k D_k v_i]_i
-        vbar_j = -sum_i a_i D_j m_i + D_j(a . m) + sum_i D_i(a_i m_j)
-                 - sum_i b_i D_j u_i - b_j
-        ubar   = sum_j D_j(v_j b)
-
-    Returns ``(mbar, ubar, vbar)``; the caller adds ``K vbar`` to ``mbar``.
-    """
-    h = spacing
-    div = sum(cdiff(v[j], j, h[j]) for j in range(3))
-    mbar = sum(cdiff(v[j] * a, j, h[j]) for j in range(3)) - a * div
-    mbar = mbar - sum(a[k] * cdiff(v, k, h[k]) for k in range(3))
-    am = (a * m).sum(0)
-    vbar = torch.stack([
-        cdiff(am, j, h[j]) - (a * cdiff(m, j, h[j])).sum(0) - (b * cdiff(u, j, h[j])).sum(0)
-        for j in range(3)
-    ])
-    vbar = vbar + sum(cdiff(a[i] * m, i, h[i]) for i in range(3)) - b
-    ubar = sum(cdiff(v[j] * b, j, h[j]) for j in range(3))
-    return mbar, ubar, vbar
-
-
-# --------------------------------------------------------------------------
-# Reference RK4 step (plain autograd-friendly code: the naive baseline and the tests)
-# --------------------------------------------------------------------------
-
-def _kapply(ksym, m, shape):
-    X = torch.fft.rfftn(m, dim=(-3, -2, -1))
-    return torch.fft.irfftn(symbol_multiply(ksym, X), s=shape, dim=(-3, -2, -1))
-
-
-def rk4_step(m, u, ksym, *, dt, spacing, shape):
-    """One RK4 step of (m, u); returns ``(m', u', v)`` with ``v = K m`` at the step start."""
-    v1 = _kapply(ksym, m, shape)
-    r1, q1 = epdiff_rhs(m, v1, spacing), map_rhs(u, v1, spacing)
-    m2, u2 = m + (0.5 * dt) * r1, u + (0.5 * dt) * q1
-    v2 = _kapply(ksym, m2, shape)
-    r2, q2 = epdiff_rhs(m2, v2, spacing), map_rhs(u2, v2, spacing)
-    m3, u3 = m + (0.5 * dt) * r2, u + (0.5 * dt) * q2
-    v3 = _kapply(ksym, m3, shape)
-    r3, q3 = epdiff_rhs(m3, v3, spacing), map_rhs(u3, v3, spacing)
-    m4, u4 = m + dt * r3, u + dt * q3
-    v4 = _kapply(ksym, m4, shape)
-    r4, q4 = epdiff_rhs(m4, v4, spacing), map_rhs(u4, v4, spacing)
-    c = dt / 6.0
-    return m + c * (r1 + 2.0 * (r2 + r3) + r4), u + c * (q1 + 2.0 * (q2 + q3) + q4), v1
-
-
-def stage_fwd(m, u, v, m0, u0, acc_m, acc_u, a, c, spacing):
-    """RK4 stage: ``k = rhs(m, u, v)``; returns ``(y0 + a k, acc + c k)`` for ``y = (m, u)``."""
-    r, q = epdiff_rhs(m, v, spacing), map_rhs(u, v, spacing)
-    return m0 + a * r, u0 + a * q, acc_m + c * r, acc_u + c * q
-
-
-def stage_next(m, u, v, m0, u0, a, spacing):
-    """RK4 stage state only: ``y0 + a rhs(m, u, v)``."""
-    r, q = epdiff_rhs(m, v, spacing), map_rhs(u, v, spacing)
-    return m0 + a * r, u0 + a * q
-
-
-def stage_last(m, u, v, acc_m, acc_u, c, spacing):
-    """Last RK4 stage: ``acc + c rhs(m, u, v)`` (the step's result)."""
-    r, q = epdiff_rhs(m, v, spacing), map_rhs(u, v, spacing)
-    return acc_m + c * r, acc_u + c * q
-
-
-def stage_vjp(m, u, v, a, b, spacing):
-    """Adjoint of one stage for cotangent ``(a, b)``: :func:`rhs_vjp` (compiled on its own, so
-    that ``a`` and ``b`` are read from memory by the stencils, not recomputed at every neighbour)."""
-    return rhs_vjp(m, u, v, a, b, spacing)
-
-
-def stage_cotangent(mbar, ubar, pm, pk, pu, acc_m, acc_u, c, a, spacing):
-    """Cotangent of an earlier stage, ``c ybar' + a ybar_i``, where ``ybar_i = (pm + pk, pu)`` is
-    the later stage's result (``pk`` its kernel part); also adds ``ybar_i`` to ``acc``."""
-    pmk = pm + pk
-    return c * mbar + a * pmk, c * ubar + a * pu, acc_m + pmk, acc_u + pu
-
-
-def fmap_stage(w, v, w0, acc, a, c, spacing):
-    """Forward-map RK4 stage: ``k = (Dw) v + v``; returns ``(w0 + a k, acc + c k)``."""
-    k = forward_map_rhs(w, v, spacing)
-    return w0 + a * k, acc + c * k
-
-
-def fmap_last(w, v, acc, c, spacing):
-    """Last forward-map RK4 stage: ``acc + c ((Dw) v + v)``."""
-    return (acc + c * forward_map_rhs(w, v, spacing),)
-
-
-# --------------------------------------------------------------------------
-# The shooter: checkpointed forward, adjoint backward, full shooting
-# --------------------------------------------------------------------------
-
 @dataclass
 class Geodesic:
-    """Result of :meth:`Shooter.shoot` (fields on the shooter's padded grid).
+    """Result of :meth:`Shooter.shoot`: fields on the grid of the shot momentum (mm, voxel axes).
 
     ``m1``: momentum at t = 1; ``u1``: displacement of ``phi_1^{-1}``; ``v0``:
     initial velocity; ``w1``: displacement of ``phi_1`` (or None);
@@ -227,11 +76,15 @@ def _halo_slab(x: torch.Tensor, i0: int, b: int) -> torch.Tensor:
 
 
 class Shooter:
-    """EPDiff shooting on a periodic grid with an exact, checkpointed adjoint.
+    """EPDiff shooting on a periodic grid with an exact, checkpointed adjoint: the one shooting API.
+
+    :meth:`shoot` gives the maps of a momentum (on an image grid or on the
+    periodic grid); :meth:`forward` and :meth:`backward` are the checkpointed
+    pass and its adjoint that :class:`.gradient.Objective` uses.
 
     The RK4 steps are written out here (the same arithmetic as
-    :func:`rk4_step`) around a few stage functions -- right-hand side plus
-    the RK4 update (:func:`stage_fwd` ...), the stage VJP (:func:`stage_vjp`),
+    :func:`.epdiff.rk4_step`) around a few stage functions -- right-hand side plus
+    the RK4 update (:func:`.epdiff.stage_fwd` ...), the stage VJP (:func:`.epdiff.stage_vjp`),
     the kernel's symbol multiply -- which are what ``torch.compile`` fuses.
     Compiling each stage separately (rather than a whole step) keeps every
     stage's result in memory once instead of letting the compiler recompute
@@ -325,8 +178,12 @@ class Shooter:
         return tuple(outs)
 
     # primitives -------------------------------------------------------------
-    def _K(self, x):
-        return irfft3(self._call("mult", self.kernel._K, rfft3(x)), self.shape)
+    def _multiply(self, sym, X):
+        return self._call("mult", sym, X)
+
+    def _velocity(self, m):
+        """``K m`` with the (compiled) symbol product."""
+        return self.kernel.apply(m, multiply=self._multiply)
 
     def _scalar(self, x):
         return torch.tensor(x, dtype=self.kernel.dtype, device=self.kernel.device)
@@ -338,7 +195,7 @@ class Shooter:
         """
         dt, S = self.dt, self._scalar
         half, full, c6, c3 = S(0.5 * dt), S(dt), S(dt / 6.0), S(dt / 3.0)
-        vel = (lambda i, x: self._K(x)) if vs is None else (lambda i, x: vs[i])
+        vel = (lambda i, x: self._velocity(x)) if vs is None else (lambda i, x: vs[i])
         v1 = vel(0, m)
         if stages_only:
             m2, u2 = self._call("stage_next", m, u, v1, m, u, half)
@@ -369,12 +226,12 @@ class Shooter:
         st[3] = vs[3] = None  # free each stage as soon as it is done
         am, au = mbar, ubar
         for i, c, a in ((2, dt / 3.0, dt), (1, dt / 3.0, 0.5 * dt), (0, dt / 6.0, 0.5 * dt)):
-            A, B, am, au = self._call("stage_cotangent", mbar, ubar, mb, self._K(vb), ub, am, au, S(c), S(a))
+            A, B, am, au = self._call("stage_cotangent", mbar, ubar, mb, self._velocity(vb), ub, am, au, S(c), S(a))
             del mb, ub, vb
             mb, ub, vb = self._call("stage_vjp", st[i][0], st[i][1], vs[i], A, B)
             del A, B
             st[i] = vs[i] = None
-        return am.add_(mb).add_(self._K(vb)), au.add_(ub)
+        return am.add_(mb).add_(self._velocity(vb)), au.add_(ub)
 
     def _fmap_step(self, w, va, vb2, vb3, vc):
         """RK4 step of ``dw/ds = (Dw) v + v`` with velocities at s, s + dt/2 (two estimates), s + dt."""
@@ -387,7 +244,7 @@ class Shooter:
 
     # forward with checkpoints ---------------------------------------------
     def forward(self, m0: torch.Tensor, *, checkpoints: bool = True):
-        """Integrate (m, u) from ``(m0, 0)``; returns ``(m1, u1, v0, ckpts)``.
+        """Integrate (m, u) from ``(m0, 0)`` (``m0`` on the periodic grid); returns ``(m1, u1, v0, ckpts)``.
 
         ``ckpts`` lists, per step, ``(m_k, u_k)`` at its start and the 4 stage
         velocities (or None when not stored); None if ``checkpoints`` is False.
@@ -419,13 +276,34 @@ class Shooter:
 
     # full shooting (outputs) ----------------------------------------------
     def shoot(self, m0: torch.Tensor, *, forward_map: bool = False, velocities: bool = False) -> Geodesic:
-        """Shoot ``m0``; optionally also ``phi_1`` (``w1``) and the velocities ``v_t``."""
+        """Shoot the momentum ``m0``; optionally also ``phi_1`` (``w1``) and the velocities ``v_t``.
+
+        ``m0`` is ``(3, *S)`` on an image grid ``S`` that fits in the periodic
+        grid: it is moved to the kernel's device and dtype, placed at the start
+        of the periodic grid (zero outside, :func:`.kernel.zero_pad`) and every
+        output is cropped back to ``S``. With ``S`` the periodic grid itself
+        nothing is padded or cropped.
+        """
+        image = tuple(m0.shape[1:])
+        if len(image) != 3 or any(n > p for n, p in zip(image, self.shape)):
+            raise ValueError(f"Shooter: momentum must be (3, I, J, K) within the periodic grid {self.shape}, "
+                             f"got {tuple(m0.shape)}")
+        geo = self._shoot(zero_pad(m0.to(self.kernel.device, self.kernel.dtype), self.shape), forward_map, velocities)
+        if image == self.shape:
+            return geo
+        I, J, K = image
+        crop = lambda f: None if f is None else f[:, :I, :J, :K]  # noqa: E731
+        return Geodesic(m1=crop(geo.m1), u1=crop(geo.u1), v0=crop(geo.v0), w1=crop(geo.w1),
+                        velocities=None if geo.velocities is None else [crop(v) for v in geo.velocities])
+
+    def _shoot(self, m0: torch.Tensor, forward_map: bool, velocities: bool) -> Geodesic:
+        """:meth:`shoot` on the periodic grid."""
         m1, u1, v0, ckpts = self.forward(m0, checkpoints=forward_map or velocities)
         out = Geodesic(m1=m1, u1=u1, v0=v0)
         if not (forward_map or velocities):
             return out
         with torch.no_grad():
-            v_next = self._K(m1)  # velocity at t = 1
+            v_next = self._velocity(m1)  # velocity at t = 1
             vt = [v_next]
             w = torch.zeros_like(m0) if forward_map else None
             for k in range(self.time_steps - 1, -1, -1):

@@ -76,9 +76,3 @@ def warp_labels(labels: torch.Tensor, disp: torch.Tensor, spacing, *, outside_va
     idx = [i.clamp(0, n - 1) for i, n in zip(idx, shape)]
     out = labels[idx[0], idx[1], idx[2]]
     return torch.where(out_mask, torch.as_tensor(outside_value, dtype=labels.dtype), out)
-
-
-def compose(disp_a: torch.Tensor, disp_b: torch.Tensor, spacing) -> torch.Tensor:
-    """Displacement of ``(id + disp_a) o (id + disp_b)``: ``disp_b + disp_a(x + disp_b(x))``."""
-    pos = identity(disp_b.shape[1:], spacing, dtype=disp_b.dtype, device=disp_b.device) + disp_b
-    return disp_b + sample(disp_a, pos, spacing)
