@@ -1,6 +1,8 @@
 """Evaluation measures: label overlap (Klein et al. 2009) and deformation error.
 
-Pure numpy functions; arrays are on one grid (the target's working grid).
+Pure numpy functions, no file I/O; arrays are on one grid (the target's working grid), in nibabel's
+voxel axis order ``(I, J, K)``; vector fields are ``(3, I, J, K)``, component ``c`` along voxel axis
+``c``, in mm.
 """
 
 from __future__ import annotations
@@ -49,11 +51,12 @@ def total_target_overlap(overlaps: dict[int, dict[str, float]]) -> float:
 
 
 def displacement_error_mm(disp_a: np.ndarray, disp_b: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """Per-voxel Euclidean distance (mm) between two displacement fields ``(..., 3)`` in mm.
+    """Per-voxel Euclidean distance (mm) between two displacement fields ``(3, I, J, K)`` in mm.
 
-    With ``mask`` only the voxels inside it are returned (flattened).
+    Fields are channel-first like the rest of ``qs``: component ``c`` along voxel axis ``c``.
+    With ``mask`` (``(I, J, K)``) only the voxels inside it are returned (flattened, C order).
     """
-    d = np.linalg.norm(np.asarray(disp_a, np.float64) - np.asarray(disp_b, np.float64), axis=-1)
+    d = np.linalg.norm(np.asarray(disp_a, np.float64) - np.asarray(disp_b, np.float64), axis=0)
     return d[np.asarray(mask) > 0] if mask is not None else d.ravel()
 
 

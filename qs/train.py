@@ -14,18 +14,18 @@
   device and thread count. A checkpoint of other settings or data is never
   continued: ``resume=True`` refuses it, ``resume="auto"`` (the ``qs train``
   default, so that a pipeline rerun after a config change just works) says
-  so and starts over.
+  so and starts over. The file and the resume rule: :mod:`qs.checkpoint`.
 * ``loss.tsv`` (``epoch, train_l1, val_l1, val_zero_l1, seconds``;
   ``val_zero_l1`` is the zero field's validation L1, the level of a network
   that learned nothing) and ``loss.png``.
 * ``model.safetensors`` (:func:`qs.model_io.save_model`) at the end.
 
-Loss (``loss``, :data:`LOSSES`): by default (``l1``, the paper's) the mean
+Loss (``loss``, :data:`qs.losses.LOSSES`): by default (``l1``, the paper's) the mean
 absolute error over batch, voxels and components of the scaled momentum
 ``m0 * momentum_scale`` (``momentum_scale = 1 / mean |m0|`` over the
 training patches, stored in the model; for patches of the velocity,
 :mod:`qs.fields`, the same with ``v0``: the model records ``field``); ``l2`` and ``lowpass`` are the
-alternatives :func:`momentum_loss` describes. The original code sums the L1
+alternatives :func:`qs.losses.momentum_loss` describes. The original code sums the L1
 over the batch; with Adam this differs only through Adam's epsilon. Whatever
 the loss, ``loss.tsv`` reports the L1 error converted back to the field's units
 (mean |error| per voxel and component), ``train_l1`` averaged over the
@@ -42,7 +42,6 @@ restored afterwards. Validation pairs are drawn with ``default_rng(seed)``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -53,20 +52,16 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checkpoint import patch_fingerprint, save_checkpoint, set_rng_state, usable_checkpoint
 from .fields import ERROR_LABEL, VELOCITY_CUTOFF_MM
 from .io import QsInputError, atomic_path, write_text
+from .losses import LOSSES, momentum_loss
 from .model_io import KINDS, RUN_KEYS, save_model
 from .net import ARCHITECTURES, network_class
-from .patches import PatchDataset, find_patch_files, sidecar_path
+from .patches import PatchDataset, find_patch_files
 
-CHECKPOINT_FORMAT = "qs-checkpoint-1"
-#: training losses: ``l1`` (the paper's), ``l2`` (mean squared error), ``lowpass`` (squared error of the
-#: Gaussian-smoothed difference, LOWPASS_SIGMA voxels: the part of the momentum the kernel K keeps)
-LOSSES = ("l1", "l2", "lowpass")
-LOWPASS_SIGMA = 2.0
 #: metadata the caller passes to :func:`train` (LDDMM settings, grid, modality)
 TRAIN_META_KEYS = tuple(k for k in RUN_KEYS if k not in ("kind", "stride", "train_pairs", "train_patches",
                                                           "momentum_scale"))
@@ -140,20 +135,6 @@ def write_loss(history: list, out_dir: Path, field: str = "momentum", val_zero_l
         fig.savefig(tmp, format="png")
 
 
-def load_checkpoint(path, device="cpu") -> dict:
-    """Read a checkpoint with ``torch.load(weights_only=True)``; refuses anything else."""
-    path = Path(path)
-    try:
-        ck = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
-        raise QsInputError(
-            f"{path}: cannot read training checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); "
-            "delete it (or train with resume=False) to start over"
-        ) from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise QsInputError(f"{path}: not a qs training checkpoint")
-    return ck
-
 
 def _stderr(message: str) -> None:
     print(f"qs train: {message}", file=sys.stderr, flush=True)
@@ -178,33 +159,6 @@ def _load_init(model, weights: dict, path) -> None:
         first = str(exc).strip().splitlines()[0]
         raise QsInputError(f"{path}: --init weights do not fit the network to train ({first})") from None
 
-
-def _fingerprint(patch_file) -> str:
-    """Content fingerprint of a patch file: hash of its sidecar (which holds the hash of the patches)."""
-    return hashlib.sha256(sidecar_path(patch_file).read_bytes()).hexdigest()[:20]
-
-
-def _settings_difference(old: str, new: str) -> str:
-    """The top-level settings that differ between two checkpoints' settings (JSON texts)."""
-    try:
-        a, b = json.loads(old), json.loads(new)
-    except (TypeError, ValueError):
-        return "format"
-    keys = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-    return ", ".join("patch files" if k == "files" else k for k in keys) or "none"
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
 
 
 def train(
@@ -280,7 +234,7 @@ def train(
     val_zero_l1 = _zero_l1(ds, val_idx, batch_size)
 
     settings = {
-        "files": [[f.name, info["n_patches"], _fingerprint(f)] for f, info in zip(ds.files, ds.info)],
+        "files": [[f.name, info["n_patches"], patch_fingerprint(f)] for f, info in zip(ds.files, ds.info)],
         "patch": ds.patch, "stride": ds.stride, "kind": kind, "architecture": architecture, "features": int(features),
         "dropout": float(dropout), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
         "val_fraction": float(val_fraction), "meta": meta, "loss": loss,
@@ -307,11 +261,11 @@ def train(
                 _load_init(model, init_weights, init)
             opt = torch.optim.Adam(model.parameters(), lr=lr)
             start, history = 0, []
-            ck = _usable_checkpoint(ck_path, settings_text, epochs, device, resume, log) if resume else None
+            ck = usable_checkpoint(ck_path, settings_text, epochs, device, resume, log) if resume else None
             if ck is not None:
                 model.load_state_dict(ck["model"])
                 opt.load_state_dict(ck["optimizer"])
-                _set_rng_state(ck["rng"], device)
+                set_rng_state(ck["rng"], device)
                 start, history = int(ck["epoch"]), [list(h) for h in ck["history"]]
                 log(f"resuming from checkpoint {ck_path} at epoch {start} of {epochs}")
                 write_loss(history, out_dir, ds.field, val_zero_l1)
@@ -322,13 +276,8 @@ def train(
             for epoch in range(start + 1, epochs + 1):
                 history.append(_run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size,
                                           seed, device, progress, on_batch, loss))
-                ck = {
-                    "format": CHECKPOINT_FORMAT, "epoch": epoch, "settings": settings_text,
-                    "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "rng": _rng_state(device), "history": history,
-                }
-                with atomic_path(ck_path) as tmp:
-                    torch.save(ck, tmp)
+                save_checkpoint(ck_path, epoch=epoch, settings_text=settings_text, model=model, optimizer=opt,
+                                device=device, history=history)
                 write_loss(history, out_dir, ds.field, val_zero_l1)
     finally:
         torch.use_deterministic_algorithms(det_before, warn_only=det_warn_before)
@@ -357,77 +306,6 @@ def _zero_l1(ds: PatchDataset, idx: np.ndarray, batch_size: int) -> float:
         count += y.numel()
     return total / count if count else math.nan
 
-
-def _usable_checkpoint(ck_path: Path, settings_text: str, epochs: int, device, resume, log) -> dict | None:
-    """The checkpoint at ``ck_path`` if training may continue from it; None if there is none.
-
-    One that cannot be continued (other data or settings, more epochs than
-    asked, unreadable) is an error with ``resume=True``; with ``"auto"`` it
-    is reported through ``log`` and None is returned (start over).
-    """
-    if not ck_path.exists():
-        return None
-    try:
-        ck = load_checkpoint(ck_path, device)
-    except QsInputError as exc:
-        if resume is True:
-            raise
-        log(f"not resuming: {exc}")
-        return None
-    problem = None
-    if ck["settings"] != settings_text:
-        problem = (f"{ck_path}: checkpoint was written for other data or settings "
-                   f"(differs in: {_settings_difference(ck['settings'], settings_text)})")
-    elif ck["epoch"] > epochs:
-        problem = f"{ck_path}: checkpoint has {ck['epoch']} epochs, more than the {epochs} asked"
-    if problem is None:
-        return ck
-    if resume is True:
-        raise QsInputError(f"{problem}; delete it or train with resume=False")
-    log(f"not resuming: {problem}; starting over")
-    return None
-
-
-def _gaussian_taps(sigma: float) -> torch.Tensor:
-    r = max(1, int(math.ceil(3 * sigma)))
-    t = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float32) / sigma) ** 2)
-    return t / t.sum()
-
-
-def lowpass(x: torch.Tensor, sigma: float = LOWPASS_SIGMA) -> torch.Tensor:
-    """Gaussian smoothing (``sigma`` voxels) of patches ``(N, C, p, p, p)``, normalised at the patch border.
-
-    Separable, per channel; zero padding divided by the smoothed ones
-    (normalised convolution), so a constant patch stays constant up to its border.
-    """
-    taps = _gaussian_taps(sigma).to(x.device, x.dtype)
-    r = (len(taps) - 1) // 2
-    n, c = x.shape[:2]
-
-    def smooth(v):
-        v = v.reshape(-1, 1, *v.shape[2:])
-        for axis in range(3):
-            shape = [1, 1, 1, 1, 1]
-            shape[2 + axis] = len(taps)
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = r
-            v = F.conv3d(F.pad(v, pad), taps.reshape(shape))
-        return v
-
-    ones = torch.ones_like(x[:1, :1])
-    return (smooth(x) / smooth(ones)).reshape(n, c, *x.shape[2:])
-
-
-def momentum_loss(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    """Training loss between scaled momentum patches (see :data:`LOSSES`)."""
-    if kind == "l1":
-        return F.l1_loss(pred, target)
-    if kind == "l2":
-        return F.mse_loss(pred, target)
-    if kind == "lowpass":
-        d = lowpass(pred - target)
-        return (d * d).mean()
-    raise ValueError(f"train: loss must be one of {LOSSES}, got {kind!r}")
 
 
 def _run_epoch(model, opt, ds, train_idx, val_idx, scale, epoch, epochs, batch_size, seed, device, progress,

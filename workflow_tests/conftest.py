@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 from qs.io import save_array, write_text
-from qs.report import build_report, evaluate_pair, method_folder
+from qs.report.build import build_report
+from qs.report.methods import method_folder
+from qs.report.pair import evaluate_pair
 from qs.transforms import write_ants_displacement
 
 ROOT = Path(__file__).resolve().parents[1]

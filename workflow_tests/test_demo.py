@@ -1,4 +1,4 @@
-"""The built-in demo cohort (qs.demo): files, determinism, and the truth it records."""
+"""The built-in demo cohort (qs.demo) and its atlas (qs.atlas): files, determinism, and the truth it records."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage as ndi
 
-from qs import demo
+from qs import atlas, demo
 from qs.cohort import demo_table
 from qs.io import QsInputError
 
@@ -99,33 +99,33 @@ def test_determinism_and_independence_of_cohort_size(cohort, tmp_path):
 
 def test_labels(cohort):
     out, _ = cohort
-    parcels = [i for i in demo.label_ids() if i > 1000]
+    parcels = [i for i in atlas.label_ids() if i > 1000]
     assert len(parcels) >= 20
     for s in ("sub-01", "sub-02", "sub-03"):
         lab = _arr(out / s / f"{s}_labels.nii.gz")[0]
         assert np.issubdtype(lab.dtype, np.integer)
         ids = set(np.unique(lab).tolist())
-        assert ids <= {0, *demo.label_ids()}
-        assert {demo.CSF_LABEL, demo.WM_LEFT_LABEL, demo.WM_RIGHT_LABEL} <= ids
+        assert ids <= {0, *atlas.label_ids()}
+        assert {atlas.CSF_LABEL, atlas.WM_LEFT_LABEL, atlas.WM_RIGHT_LABEL} <= ids
         assert len([i for i in ids if i > 1000]) >= 20
         assert any(1000 < i < 2000 for i in ids) and any(i > 2000 for i in ids)
-    atlas = _arr(out / "atlas" / "atlas_labels.nii.gz")[0]
-    assert set(np.unique(atlas).tolist()) == {0, *demo.label_ids()}
+    atlas_labels = _arr(out / "atlas" / "atlas_labels.nii.gz")[0]
+    assert set(np.unique(atlas_labels).tolist()) == {0, *atlas.label_ids()}
 
 
 def test_template_resampled_every_parcel_non_empty():
-    t2 = demo.mni_template(2.0)
+    t2 = atlas.mni_template(2.0)
     assert set(t2) >= {"t1", "gm", "wm", "csf", "mask", "labels"}
     lab = np.asanyarray(t2["labels"].dataobj)
     assert lab.dtype == np.int32
-    assert set(np.unique(lab).tolist()) == {0, *demo.label_ids()}
+    assert set(np.unique(lab).tolist()) == {0, *atlas.label_ids()}
     assert np.allclose(t2["t1"].affine, [[2, 0, 0, -98], [0, 2, 0, -134], [0, 0, 2, -72], [0, 0, 0, 1]])
     assert t2["t1"].shape == (99, 117, 95)
     # a parcellation independent of the grid: left/right ids are mirror images
     xw = t2["labels"].affine[0, 0] * np.arange(lab.shape[0]) + t2["labels"].affine[0, 3]
     left = lab[xw < 0]
-    assert left.max() < 2000 and np.all(lab[xw > 0] != demo.WM_LEFT_LABEL)
-    native = demo.mni_template()
+    assert left.max() < 2000 and np.all(lab[xw > 0] != atlas.WM_LEFT_LABEL)
+    native = atlas.mni_template()
     assert native["t1"].shape == (197, 233, 189)
     assert set(np.unique(np.asanyarray(native["mask"].dataobj)).tolist()) == {0, 1}
 
@@ -211,9 +211,9 @@ def test_contrast(cohort):
         t1 = _arr(out / s / f"{s}_T1w.nii.gz")[0]
         t2 = _arr(out / s / f"{s}_T2w.nii.gz")[0]
         lab = _arr(out / s / f"{s}_labels.nii.gz")[0]
-        wm = np.isin(lab, [demo.WM_LEFT_LABEL, demo.WM_RIGHT_LABEL])
+        wm = np.isin(lab, [atlas.WM_LEFT_LABEL, atlas.WM_RIGHT_LABEL])
         gm = lab > 1000
-        csf = lab == demo.CSF_LABEL
+        csf = lab == atlas.CSF_LABEL
         assert t2[wm].mean() < t2[gm].mean() < t2[csf].mean()
         assert t1[wm].mean() > t1[gm].mean() > t1[csf].mean()
         # the background is noise only
@@ -228,6 +228,6 @@ def test_bad_arguments(tmp_path, monkeypatch):
     with pytest.raises(QsInputError, match="subjects"):
         demo.make_demo_cohort(tmp_path, n_subjects=0)
     assert not (tmp_path / "subjects.tsv").exists()
-    monkeypatch.setitem(demo.TEMPLATE_FILES, "t1", "no_such_template.nii.gz")
-    with pytest.raises(demo.TemplateNotFoundError, match="no_such_template"):
-        demo.template_dir()
+    monkeypatch.setitem(atlas.TEMPLATE_FILES, "t1", "no_such_template.nii.gz")
+    with pytest.raises(atlas.TemplateNotFoundError, match="no_such_template"):
+        atlas.template_dir()

@@ -30,10 +30,10 @@ def test_labels_absent_from_target_are_skipped():
 
 
 def test_deformation_error_percentiles():
-    a = np.zeros((4, 4, 4, 3))
+    a = np.zeros((3, 4, 4, 4))  # (3, I, J, K)
     b = np.zeros_like(a)
-    b[..., 0] = 3.0
-    b[..., 1] = 4.0
+    b[0] = 3.0
+    b[1] = 4.0
     mask = np.zeros((4, 4, 4))
     mask[:2] = 1
     err = displacement_error_mm(a, b, mask)

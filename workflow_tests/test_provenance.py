@@ -74,7 +74,7 @@ def test_digests_ignore_resources_and_follow_the_stages(config):
 
 
 def test_cli_and_the_report_show_provenance(tree, tmp_path, config, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "STAGE_MODULES", ("report", "provenance"))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("report", "provenance"))
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({k: v for k, v in config.items() if k != "lddmm"}))
     resources = json.dumps({"lddmm": {"threads": 4}})

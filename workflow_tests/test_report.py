@@ -19,14 +19,11 @@ from conftest import AFFINE, PAIRS, SECONDS, SHAPE, tree_labels
 from qs import cli
 from qs.evaluate import OVERLAP_COLUMNS, detj_summary
 from qs.io import QsInputError, save_array
-from qs.report import (
-    DEFORMATION_COLUMNS,
-    PAPER_DEFORMATION_ERROR,
-    build_report,
-    evaluate_pair,
-    method_folder,
-    method_name,
-)
+from qs.report.build import build_report
+from qs.report.methods import method_folder, method_name
+from qs.report.pair import evaluate_pair
+from qs.report.paper import PAPER_DEFORMATION_ERROR
+from qs.report.tsv import DEFORMATION_COLUMNS
 
 
 def _tsv(path):
@@ -125,7 +122,8 @@ def test_summary_has_our_table_and_the_papers(tree):
 
 
 def test_velocity_networks_are_set_beside_the_papers_velocity_row():
-    from qs.report import paper_rows, summary_markdown
+    from qs.report.paper import paper_rows
+    from qs.report.summary import summary_markdown
 
     assert paper_rows("momentum")["predict"] == "D, momentum, stride 14"
     rows = paper_rows("velocity")
@@ -136,7 +134,7 @@ def test_velocity_networks_are_set_beside_the_papers_velocity_row():
         paper_rows("displacement")
     deformation = pd.DataFrame([{"method": "predict", "p0.3": 0.1, "p5": 0.2, "p25": 0.3, "p50": 0.5, "p75": 0.7,
                                  "p95": 0.9, "p99.7": 1.2, "detj_pos_pct": 100.0}])
-    from qs.report import DETJ_COLUMNS, OVERLAP_COLUMNS, TIMING_COLUMNS
+    from qs.report.tsv import DETJ_COLUMNS, TIMING_COLUMNS
 
     empty = [pd.DataFrame(columns=c) for c in (OVERLAP_COLUMNS, TIMING_COLUMNS, DETJ_COLUMNS)]
     text = summary_markdown(deformation, *empty, field="velocity")
@@ -156,7 +154,7 @@ def test_method_names():
 
 
 def test_cli_evaluate_pair_and_report(tree, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "STAGE_MODULES", ("report",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("report",))
     root, pair = tree["root"], PAIRS[0]
     lddmm, dirs = tree["dirs"][pair]
     args = ["evaluate-pair", "--pair", pair, "--lddmm", str(lddmm), "--out", str(tmp_path / "ev"),
@@ -182,7 +180,7 @@ def test_cli_evaluate_pair_and_report(tree, tmp_path, monkeypatch):
 
 
 def test_bad_input_is_refused(tree, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "STAGE_MODULES", ("report",))
+    monkeypatch.setattr(cli, "COMMAND_MODULES", ("report",))
     root, pair = tree["root"], PAIRS[0]
     lddmm, dirs = tree["dirs"][pair]
     assert cli.main(["evaluate-pair", "--pair", pair, "--lddmm", str(tmp_path / "nope"), "--out", str(tmp_path / "o"),

@@ -13,10 +13,12 @@ import torch
 from safetensors.torch import load_file
 from scipy.ndimage import gaussian_filter, map_coordinates
 
+from qs.checkpoint import load_checkpoint
 from qs.io import QsInputError
+from qs.losses import lowpass, momentum_loss
 from qs.model_io import load_model
 from qs.patches import PatchDataset, write_pair_patches
-from qs.train import load_checkpoint, lowpass, momentum_loss, split_validation, train
+from qs.train import split_validation, train
 
 META = dict(alpha=0.01, beta=0.01, gamma=0.001, time_steps=10, sigma=0.2, spacing=[1.0, 1.0, 1.0],
             modality="T1->T1")

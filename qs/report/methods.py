@@ -1,0 +1,29 @@
+"""Method names of the report: table names (``predict+correct``), folder names (``predict-correct``), report order."""
+
+from __future__ import annotations
+
+#: table names in report order
+METHOD_ORDER = ("affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict-mc")
+#: the ANTs SyN baselines (:mod:`qs.syn`): CPU, their own transform chain, not compared with LDDMM's displacement
+SYN_METHODS = ("syn", "syn-quick")
+#: methods whose transform is compared with LDDMM's (besides ``affine``)
+PREDICTED = ("predict", "predict+correct", "predict-mc")
+#: folder name of a method where it differs from its table name
+_FOLDER_NAMES = {"predict+correct": "predict-correct"}
+
+
+def method_name(name: str) -> str:
+    """Table name of a method given its table or folder name (``predict-correct`` -> ``predict+correct``)."""
+    return {v: k for k, v in _FOLDER_NAMES.items()}.get(name, name)
+
+
+def method_folder(name: str) -> str:
+    """Folder name of a method (``predict+correct`` -> ``predict-correct``)."""
+    return _FOLDER_NAMES.get(name, name)
+
+
+def report_order(methods) -> list[str]:
+    """Methods in report order, unknown names after the known ones (alphabetical)."""
+    methods = list(dict.fromkeys(methods))
+    known = [m for m in METHOD_ORDER if m in methods]
+    return known + sorted(m for m in methods if m not in METHOD_ORDER)
