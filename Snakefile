@@ -2,7 +2,7 @@
 
 Run the demo:   snakemake --cores all
 Your cohort:    snakemake --cores all --config cohort='{source: sheet, sheet: subjects.tsv}'
-                (or edit config.yaml; every key is documented in schemas/config.schema.yaml)
+                (or edit config.yaml; every key is documented in qs/schemas/config.schema.yaml)
 """
 
 import sys

@@ -42,6 +42,7 @@ import yaml
 
 from . import __version__
 from .io import QsInputError, write_json, write_text
+from .settings import RULES, rule_keys
 
 #: output file of each provenance item, under ``results/provenance/``
 FILES = {
@@ -60,35 +61,9 @@ PACKAGES = ("qs", "torch", "numpy", "scipy", "pandas", "nibabel", "antspyx", "ni
 #: config sections whose ``device`` setting is resolved in ``device.json``
 DEVICE_STAGES = ("lddmm", "train", "predict")
 
-_LDDMM_KERNEL = ("lddmm.alpha", "lddmm.beta", "lddmm.gamma", "lddmm.sigma", "lddmm.time_steps")
-_PATCHES = ("train.patch", "train.stride", "train.background_threshold", "train.field", *_LDDMM_KERNEL)
-_NETWORK = ("seed", "grid.spacing", *_LDDMM_KERNEL, "train.architecture", "train.features", "train.epochs",
-            "train.batch_size", "train.lr", "train.loss", "train.dropout", "train.val_fraction", "train.device",
-            "train.target_contrast")
-_PREDICTION = ("predict.stride", "predict.mirror_axes")  # how the networks predict (also the correction's data)
-_PREDICT = ("seed", "predict.batch_size", *_PREDICTION, "predict.device", *_LDDMM_KERNEL)
-
-#: workflow rule -> the config keys its params carry (a section name: the whole section without its
-#: ``resources``; ``*``: every setting). Rules missing here read no config key directly; choices such
-#: as the atlas files, the cohort, the compared methods reach them through their input files, whose
-#: change reruns them too.
-STAGE_CONFIG: dict[str, tuple[str, ...]] = {
-    "demo": ("seed", "cohort.demo.subjects", "cohort.demo.spacing", "cohort.test_fraction"),
-    "working_grid": ("grid.spacing", "grid.margin_mm"),
-    "cohort_tables": ("seed", "cohort.source", "cohort.sheet", "cohort.bids", "cohort.bids_label_suffixes",
-                      "cohort.test_fraction", "cohort.demo.subjects", "pairs"),
-    "preprocess": ("seed", "preprocess.normalize"),
-    "lddmm": ("seed", "lddmm"),
-    "patches": _PATCHES,
-    "train_prediction": _NETWORK,
-    "correction_patches": (*_PATCHES, "train.device", *_PREDICTION),
-    "train_correction": (*_NETWORK, "train.correction_init"),
-    "predict": (*_PREDICT, "predict.corrections", "predict.correction_stride"),
-    "predict_mc": (*(k for k in _PREDICT if k != "predict.mirror_axes"), "predict.samples"),
-    "syn": ("seed", "evaluate.syn_metric", "evaluate.syn_radius", "evaluate.syn_iterations"),
-    "report": ("train.field",),
-    "provenance": ("*",),
-}
+#: workflow rule -> the config keys its params carry (``*``: every setting), from the one table of
+#: settings (:data:`qs.settings.RULES`) that also gives the rules their flags
+STAGE_CONFIG: dict[str, tuple[str, ...]] = {rule: rule_keys(rule) for rule in RULES}
 
 
 # --------------------------------------------------------------------------- config
@@ -348,44 +323,3 @@ def report_items(prov: dict) -> dict:
         items["stage devices (resolved there)"] = ", ".join(f"{k} {val}" for k, val in d["stage_devices"].items())
     items["package versions"] = pd.DataFrame(list(v.items()), columns=["package", "version"])
     return items
-
-
-# --------------------------------------------------------------------------- command line
-
-
-def _json_arg(text, what):
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise QsInputError(f"{what}: not valid JSON ({exc})") from None
-    if not isinstance(value, dict):
-        raise QsInputError(f"{what}: expected a JSON object")
-    return value
-
-
-def _provenance_cli(args):
-    if args.config is not None:
-        try:
-            config = yaml.safe_load(args.config.read_text())
-        except (OSError, yaml.YAMLError) as exc:
-            raise QsInputError(f"{args.config}: cannot read config ({exc})") from None
-        if not isinstance(config, dict):
-            raise QsInputError(f"{args.config}: config must be a mapping")
-    else:
-        config = _json_arg(args.config_json, "--config-json")
-    if args.resources_json:
-        config = with_resources(config, _json_arg(args.resources_json, "--resources-json"))
-    out = write_provenance(args.out, config, workflow_dir=args.workflow_dir)
-    print(json.dumps({k: str(v) for k, v in out.items()}))
-
-
-def add_subcommands(subparsers) -> None:
-    """Add ``qs provenance`` to the ``qs`` command line."""
-    p = subparsers.add_parser("provenance", help="record the config, package versions, device, seed and workflow commit")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", type=Path, help="the effective config as a YAML (or JSON) file")
-    src.add_argument("--config-json", help="the effective config as a JSON object (as the workflow passes it)")
-    p.add_argument("--resources-json", help="JSON object section -> resources, merged into the config")
-    p.add_argument("--workflow-dir", type=Path, help="the workflow's folder (its git commit is recorded when it is a checkout)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (results/provenance)")
-    p.set_defaults(func=_provenance_cli)

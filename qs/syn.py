@@ -26,12 +26,14 @@ from pathlib import Path
 
 from .affine import _ants, apply_transforms, seed_ants, set_ants_threads
 from .io import QsInputError, check_same_grid, copy_file, load_image, load_labels, write_json
+from .settings import default
 
 VARIANTS = ("syn", "syn-quick")
 METRICS = ("CC", "mattes")
-#: ``qs syn``'s settings of the ``syn`` variant; the workflow's come from config
-#: (``evaluate.syn_metric``, ``syn_radius``, ``syn_iterations``), whose schema defaults are these (tested)
-DEFAULT_METRIC, DEFAULT_RADIUS, DEFAULT_ITERATIONS = "CC", 2, (100, 70, 50)
+#: the ``syn`` variant's settings when not given: the schema's defaults of ``evaluate.syn_metric``,
+#: ``syn_radius``, ``syn_iterations`` (the workflow passes its config's)
+DEFAULT_METRIC, DEFAULT_RADIUS = default("evaluate.syn_metric"), default("evaluate.syn_radius")
+DEFAULT_ITERATIONS = tuple(default("evaluate.syn_iterations"))
 MATTES_BINS = 32  # ANTsPy's histogram bins of the Mattes metric
 QUICK = {"type_of_transform": "SyN"}  # ANTsPy's default registration
 

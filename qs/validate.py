@@ -47,7 +47,7 @@ def config_error(exc: BaseException, sources=()) -> str | None:
     files (``workflow.configfiles``). In the workflow::
 
         try:
-            validate(config, schema="../schemas/config.schema.yaml")
+            validate(config, schema="../qs/schemas/config.schema.yaml")
         except WorkflowError as exc:
             message = config_error(exc, workflow.configfiles)
             if message is None:

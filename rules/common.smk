@@ -13,7 +13,7 @@ from qs.validate import config_error
 
 
 try:
-    validate(config, schema="../schemas/config.schema.yaml")
+    validate(config, schema="../qs/schemas/config.schema.yaml")
 except WorkflowError as exc:
     # the workflow's own config.yaml is read through Snakemake's source cache: show its name
     sources = [os.path.basename(f) if "source-cache" in str(f) else f for f in workflow.configfiles]
@@ -66,7 +66,7 @@ for arg in workflow.config_settings.config_args or []:
 try:
     check_config_paths(config)
     subjects, pairs, cohort_notes = cohort_tables(**cohort_settings())
-    validate(subjects, schema="../schemas/subjects.schema.yaml")
+    validate(subjects, schema="../qs/schemas/subjects.schema.yaml")
 except QsInputError as exc:
     sys.exit(f"qs: error: {exc}")
 for note in cohort_notes:

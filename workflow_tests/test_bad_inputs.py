@@ -9,7 +9,7 @@ made in ``tmp_path``, and checks that it
   one line ``qs: error: FILE: problem`` (``qs`` exits with status 2; the
   workflow prints the same line while planning, for sheets and BIDS
   folders). Config values are checked by Snakemake against
-  ``schemas/config.schema.yaml``; there the key and the problem are
+  ``qs/schemas/config.schema.yaml``; there the key and the problem are
   checked (:func:`qs.validate.config_error` makes that one line naming the
   config file, see the last test),
 * leaves nothing behind: no file or folder appears anywhere under
@@ -437,7 +437,7 @@ def sheet_path_with_braces(tmp):
     return snakemake_dry(tmp, *sheet_config(sheet))
 
 
-# --- config (snakemake -n --configfile: validated against schemas/config.schema.yaml)
+# --- config (snakemake -n --configfile: validated against qs/schemas/config.schema.yaml)
 
 
 def config_quote_on_the_command_line(tmp):
@@ -685,7 +685,7 @@ def test_config_error_is_one_line_naming_the_file_and_the_key():
     lines = []
     for bad in ({"lddmm": {"iterations": -5}}, {"lddmm": {"iteration": 10}}):
         with pytest.raises(WorkflowError) as info:
-            validate(bad, schema=str(ROOT / "schemas" / "config.schema.yaml"))
+            validate(bad, schema=str(ROOT / "qs" / "schemas" / "config.schema.yaml"))
         lines.append(config_error(info.value, ["my_config.yaml"]))
     assert lines == [
         "qs: error: config (my_config.yaml): lddmm.iterations: -5 is less than the minimum of 0",

@@ -15,17 +15,17 @@ from qs.device import CHOICES as DEVICES
 from qs.fields import FIELDS
 from qs.lddmm.gradient import SIMILARITIES
 from qs.lddmm.optimize import METHODS as OPTIMIZERS
+from qs.losses import LOSSES
 from qs.model_io import KINDS
 from qs.net import ARCHITECTURES
 from qs.preprocess import NORMALIZATIONS
 from qs.syn import METRICS as SYN_METRICS, VARIANTS as SYN_VARIANTS
-from qs.train import LOSSES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _schema_enum(*keys):
-    node = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    node = yaml.safe_load((ROOT / "qs" / "schemas" / "config.schema.yaml").read_text())
     for k in keys:
         node = node["properties"][k]
     return node["enum"]
@@ -66,7 +66,7 @@ def test_predict_device_is_checked_at_run_time():
 
 
 def test_syn_variants():
-    variants = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]["syn_variants"]
+    variants = yaml.safe_load((ROOT / "qs" / "schemas" / "config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]["syn_variants"]
     assert set(variants["items"]["enum"]) == set(_cli_choices("syn", "--variant")) == set(SYN_VARIANTS)
 
 

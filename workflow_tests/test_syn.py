@@ -87,7 +87,10 @@ def test_full_strength_beats_the_quick_default(pair, runs):
 
 def test_the_report_states_each_syn_rows_settings(runs):
     from qs.evaluate import OVERLAP_COLUMNS
-    from qs.report import DEFORMATION_COLUMNS, DETJ_COLUMNS, method_settings, read_summary, summary_markdown, timing_row
+    from qs.report.pair import read_summary, timing_row
+    from qs.report.summary import summary_markdown
+    from qs.report.tables import method_settings
+    from qs.report.tsv import DEFORMATION_COLUMNS, DETJ_COLUMNS
 
     timing = pd.DataFrame([timing_row("p", m, read_summary(d, m)) for m, d in runs.items()])
     settings = method_settings(timing)
@@ -133,12 +136,9 @@ def test_seeded_runs_are_reproducible(pair, tmp_path):
     assert np.array_equal(warp("s1", "--iterations", "6", "3"), warp("s2", "--iterations", "6", "3"))
 
 
-def test_config_defaults_are_the_commands(tmp_path):
-    """The schema's defaults of evaluate.syn_* are qs syn's (one setting, two readers)."""
-    evaluate = yaml.safe_load((ROOT / "schemas/config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]
-    assert evaluate["syn_metric"]["default"] == syn.DEFAULT_METRIC
-    assert evaluate["syn_radius"]["default"] == syn.DEFAULT_RADIUS
-    assert tuple(evaluate["syn_iterations"]["default"]) == syn.DEFAULT_ITERATIONS
+def test_schema_names_the_variants_and_metrics_of_the_code(tmp_path):
+    """The schema's syn variants and metrics are qs syn's (its defaults are read from the schema itself)."""
+    evaluate = yaml.safe_load((ROOT / "qs/schemas/config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]
     assert set(evaluate["syn_variants"]["items"]["enum"]) == set(syn.VARIANTS) == set(evaluate["syn_variants"]["default"])
     assert set(evaluate["syn_metric"]["enum"]) == set(syn.METRICS)
 
@@ -148,8 +148,10 @@ def test_bad_settings_are_refused_in_one_line(pair, tmp_path, capsys):
     assert _run(pre, tmp_path / "q", "--variant", "syn-quick", "--radius", "3") == 2
     err = capsys.readouterr().err
     assert err.startswith("qs: error: --radius: settings of --variant syn") and err.count("\n") == 1
-    assert _run(pre, tmp_path / "z", "--iterations", "10", "0") == 2
-    assert "qs: error: SyN iterations must be" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # the schema's bounds are the parser's
+        _run(pre, tmp_path / "z", "--iterations", "10", "0")
+    assert refused.value.code == 2
+    assert "argument --iterations: must be >= 1 (config evaluate.syn_iterations), got 0" in capsys.readouterr().err
     assert not (tmp_path / "q").exists() and not (tmp_path / "z").exists()
     with pytest.raises(QsInputError, match="variant"):
         syn.ants_settings("syn-fast")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..io import write_json, write_text
+from ..settings import add_group
 
 
 def _demo(args):
@@ -17,7 +18,7 @@ def _demo(args):
 
 
 def _atlas(args):
-    from ..demo import write_atlas
+    from ..atlas import write_atlas
 
     for path in write_atlas(args.out, subfolder="").values():
         print(path)
@@ -74,10 +75,8 @@ def _preprocess(args):
 def add_subcommands(sub) -> None:
     p = sub.add_parser("demo", help="write the built-in demo cohort (from the MNI ICBM152 2009a template)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--subjects", type=int, default=8, help="number of subjects (default 8)")
-    p.add_argument("--spacing", type=float, default=2.0, help="voxel size of the subject images in mm (default 2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of subjects in the test split")
+    add_group(p, "demo")
+    add_group(p, "seed")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("atlas", help="write the built-in atlas (MNI ICBM152 2009a T1, T2-like, mask, labels) at 1 mm")
@@ -89,8 +88,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--mask", required=True, type=Path)
     p.add_argument("--labels", type=Path)
     p.add_argument("--t2", type=Path)
-    p.add_argument("--spacing", type=float, required=True, help="working spacing in mm")
-    p.add_argument("--margin", type=float, default=8.0, help="margin around the brain mask in mm")
+    add_group(p, "grid")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_grid)
 
@@ -103,17 +101,9 @@ def add_subcommands(sub) -> None:
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("cohort-tables", help="the cohort's subject and pair tables (subjects.tsv, pairs.tsv)")
-    p.add_argument("--source", required=True, choices=["demo", "sheet", "bids"])
-    p.add_argument("--sheet", default="", help="subject sheet (TSV) of --source sheet")
-    p.add_argument("--bids", default="", help="BIDS root of --source bids")
-    p.add_argument("--label-suffixes", nargs="+", default=["dseg", "labels"], help="BIDS label image suffixes, in order")
-    p.add_argument("--test-fraction", type=float, default=0.25, help="share of subjects without a split that become test")
-    p.add_argument("--seed", type=int, default=0)
+    add_group(p, "cohort")
+    add_group(p, "seed")
     p.add_argument("--demo-root", default="", help="folder of the demo cohort (--source demo)")
-    p.add_argument("--demo-subjects", type=int, default=0, help="subjects of the demo cohort (--source demo)")
-    p.add_argument("--mode", default="image-to-image", choices=["image-to-image", "atlas-to-image"])
-    p.add_argument("--max-train-pairs", type=int, default=0)
-    p.add_argument("--max-test-pairs", type=int, default=0)
     p.add_argument("--out-subjects", required=True, type=Path)
     p.add_argument("--out-pairs", required=True, type=Path)
     p.set_defaults(func=_cohort_tables)
@@ -125,8 +115,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--t1", required=True, type=Path)
     p.add_argument("--t2", type=Path)
     p.add_argument("--labels", type=Path)
-    p.add_argument("--normalize", default="percentile", choices=["percentile", "max", "histeq"])
-    p.add_argument("--seed", type=int, default=0)
+    add_group(p, "preprocess")
+    add_group(p, "seed")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=_preprocess)

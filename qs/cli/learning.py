@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .args import add_lddmm_params, add_patch_args
+from ..settings import add_group
+from .args import add_patch_args
 
 
 def _patches(args):
@@ -54,33 +55,22 @@ def _train(args):
 def add_subcommands(sub) -> None:
     p = sub.add_parser("patches", help="training patches (moving, target, momentum) of one pair")
     add_patch_args(p)
-    add_lddmm_params(p)  # the kernel K of --field velocity
+    add_group(p, "kernel")  # the kernel K of --field velocity
     p.set_defaults(func=_patches)
 
     p = sub.add_parser("train", help="train the prediction or correction network on patch files")
     p.add_argument("patches", nargs="+", type=Path, help="patch .npy files or folders of them")
     p.add_argument("--out", required=True, type=Path, help="output folder (checkpoint, loss.tsv, loss.png, model.safetensors)")
     p.add_argument("--kind", default="prediction", choices=["prediction", "correction"])
-    p.add_argument("--architecture", default="quicksilver", choices=["quicksilver", "dilated", "dilated-match"],
-                   help="quicksilver: the paper's encoder-decoder; dilated: a CPU-sized early-fusion dilated CNN; "
-                        "dilated-match: the same fed with image-match features (docs/learning.md)")
-    p.add_argument("--features", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--loss", default="l1", choices=["l1", "l2", "lowpass"],
-                   help="loss on the scaled momentum: l1 (paper), l2, lowpass (squared error of the smoothed difference)")
-    p.add_argument("--dropout", type=float, default=0.2, help="0 = deterministic network (no MC dropout)")
+    add_group(p, "network")
     p.add_argument("--init", type=Path, metavar="MODEL",
                    help="start from this model's weights (same architecture and features), e.g. the correction "
                         "network from the prediction network's")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--spacing", type=float, required=True, help="working spacing in mm (recorded in the model)")
+    add_group(p, "grid", skip=("grid.margin_mm",))  # the working spacing, recorded in the model
     p.add_argument("--modality", default="T1->T1", help="moving->target contrasts, e.g. T1->T2 (recorded in the model)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    add_group(p, "seed")
     p.add_argument("--resume", default="auto", choices=["auto", "require", "never"],
                    help="OUT/checkpoint.pt of the same data and settings is continued (the log says so); one of "
                         "other data or settings: auto = start over, require = error; never = always start over")
-    add_lddmm_params(p)
+    add_group(p, "kernel")
     p.set_defaults(func=_train)

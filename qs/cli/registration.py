@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..io import QsInputError, write_text
-from .args import add_lddmm_params, add_pair_args, odd_int
+from ..settings import add_group
+from .args import add_pair_args
 
 
 def _affine(args):
@@ -48,7 +49,7 @@ def _overlap(args):
 
 
 def _lddmm(args):
-    from ..lddmm import run_lddmm
+    from ..lddmm_run import run_lddmm
 
     summary = run_lddmm(
         args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
@@ -65,7 +66,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--moving", required=True, type=Path)
     p.add_argument("--labels", type=Path, help="label image on the moving grid, resampled with genericLabel")
     p.add_argument("--out", required=True, help="output prefix")
-    p.add_argument("--seed", type=int, default=0)
+    add_group(p, "seed")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=_affine)
 
@@ -76,10 +77,7 @@ def add_subcommands(sub) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--variant", default="syn", choices=syn.VARIANTS,
                    help="syn: deformable-only SyN at full strength (default); syn-quick: ANTsPy's default SyN")
-    p.add_argument("--metric", choices=syn.METRICS, help=f"metric of syn (default {syn.DEFAULT_METRIC})")
-    p.add_argument("--radius", type=int, help=f"CC window radius of syn, voxels (default {syn.DEFAULT_RADIUS})")
-    p.add_argument("--iterations", type=int, nargs="+",
-                   help=f"iterations of syn per level, coarse to fine (default {' '.join(map(str, syn.DEFAULT_ITERATIONS))})")
+    add_group(p, "syn", defaults=False)  # not given: the schema's defaults (qs.syn); refused with syn-quick
     p.set_defaults(func=_syn)
 
     p = sub.add_parser("overlap", help="per-label target overlap and Dice of warped labels against the target labels")
@@ -91,14 +89,6 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("lddmm", help="LDDMM optimization of MOVING to TARGET (both on the working grid)")
     add_pair_args(p, labels_help="moving label image, warped with nearest neighbour")
-    p.add_argument("--iterations", type=int, default=50, help="energy evaluations (shootings)")
-    p.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "gd", "gd-V"],
-                   help="lbfgs (default), gd (gradient descent, the original code's) or gd-V (in the metric of V)")
-    p.add_argument("--coarse-iterations", type=int, default=0,
-                   help="evaluations on a grid twice as coarse first (coarse-to-fine; 0 = off)")
-    p.add_argument("--similarity", default="ssd", choices=["ssd", "lncc"],
-                   help="image match: ssd (sum of squared differences, default) or lncc (local cross-correlation)")
-    p.add_argument("--window", type=odd_int, default=5, help="lncc window (voxels, odd)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    add_lddmm_params(p)
+    add_group(p, "lddmm")
+    add_group(p, "kernel")
     p.set_defaults(func=_lddmm)

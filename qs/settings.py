@@ -1,0 +1,174 @@
+"""The pipeline's settings: one table from config keys to ``qs`` flags, read by the CLI, the rules and provenance.
+
+Each setting's default and description live once, in the config schema
+(``qs/schemas/config.schema.yaml``, shipped with the package). :data:`GROUPS`
+names groups of config keys and the flag each key has on the commands that take
+the group; :data:`RULES` lists the groups (and other config keys) each workflow
+rule's params carry. From these:
+
+* :func:`add_group` adds a group's arguments to an argparse parser: type,
+  choices, default and help from the schema;
+* :func:`group_args` gives a rule the group's arguments from the config
+  (``["--alpha", 0.08, ...]``; an empty list value leaves its flag out);
+* :func:`rule_keys` gives provenance the config keys of each rule
+  (``qs.provenance.STAGE_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from importlib import resources
+
+import yaml
+
+#: group name -> {config key (dotted): flag of the commands that take the group}
+GROUPS: dict[str, dict[str, str]] = {
+    "seed": {"seed": "--seed"},
+    "demo": {"cohort.demo.subjects": "--subjects", "cohort.demo.spacing": "--spacing",
+             "cohort.test_fraction": "--test-fraction"},
+    "grid": {"grid.spacing": "--spacing", "grid.margin_mm": "--margin"},
+    "cohort": {"cohort.source": "--source", "cohort.sheet": "--sheet", "cohort.bids": "--bids",
+               "cohort.bids_label_suffixes": "--label-suffixes", "cohort.test_fraction": "--test-fraction",
+               "cohort.demo.subjects": "--demo-subjects", "pairs.mode": "--mode",
+               "pairs.max_train_pairs": "--max-train-pairs", "pairs.max_test_pairs": "--max-test-pairs"},
+    "preprocess": {"preprocess.normalize": "--normalize"},
+    # the kernel L = (-alpha Lap - beta grad div + gamma)^2 and the shooting: LDDMM, the fields, the models
+    "kernel": {"lddmm.alpha": "--alpha", "lddmm.beta": "--beta", "lddmm.gamma": "--gamma",
+               "lddmm.sigma": "--sigma", "lddmm.time_steps": "--time-steps"},
+    "lddmm": {"lddmm.iterations": "--iterations", "lddmm.coarse_iterations": "--coarse-iterations",
+              "lddmm.similarity": "--similarity", "lddmm.window": "--window", "lddmm.optimizer": "--optimizer",
+              "lddmm.device": "--device"},
+    "patches": {"train.patch": "--patch", "train.stride": "--stride", "train.background_threshold": "--threshold",
+                "train.field": "--field"},
+    "network": {"train.architecture": "--architecture", "train.features": "--features", "train.epochs": "--epochs",
+                "train.batch_size": "--batch-size", "train.lr": "--lr", "train.loss": "--loss",
+                "train.dropout": "--dropout", "train.val_fraction": "--val-fraction", "train.device": "--device"},
+    "syn": {"evaluate.syn_metric": "--metric", "evaluate.syn_radius": "--radius",
+            "evaluate.syn_iterations": "--iterations"},
+}
+
+#: workflow rule -> (groups, other config keys) its params carry. Rules missing here read no config key
+#: directly; choices such as the atlas files, the cohort, the compared methods reach them through their
+#: input files, whose change reruns them too. ``*``: every setting.
+RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "demo": (("seed", "demo"), ()),
+    "working_grid": (("grid",), ()),
+    "cohort_tables": (("seed", "cohort"), ()),
+    "preprocess": (("seed", "preprocess"), ()),
+    "lddmm": (("seed", "kernel", "lddmm"), ()),
+    "patches": (("patches", "kernel"), ()),
+    "train_prediction": (("seed", "kernel", "network"), ("grid.spacing", "train.target_contrast")),
+    "correction_patches": (("patches", "kernel"), ("train.device", "predict.stride", "predict.mirror_axes")),
+    "train_correction": (("seed", "kernel", "network"),
+                         ("grid.spacing", "train.target_contrast", "train.correction_init")),
+    "predict": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
+                                     "predict.corrections", "predict.correction_stride")),
+    "predict_mc": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.device", "predict.samples")),
+    "syn": (("seed", "syn"), ()),
+    "report": ((), ("train.field",)),
+    "provenance": ((), ("*",)),
+}
+
+_TYPES = {"integer": int, "number": float, "string": str}
+
+
+def _argument_type(key: str, node: dict):
+    """argparse type of a schema node: int/float/str with the schema's bounds and odd-ness checked."""
+    kind = _TYPES[node["type"]]
+    if kind is str:
+        return str
+    odd = node.get("not") == {"multipleOf": 2}
+    bounds = [(op, node[name]) for name, op in (("minimum", ">="), ("exclusiveMinimum", ">"),
+                                                 ("maximum", "<="), ("exclusiveMaximum", "<")) if name in node]
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an odd integer >= 1' if odd else kind.__name__}, got {text!r}") from None
+        if odd and (value < 1 or value % 2 == 0):
+            raise argparse.ArgumentTypeError(f"must be an odd integer >= 1, got {value}")
+        for op, limit in bounds:
+            if not {">=": value >= limit, ">": value > limit, "<=": value <= limit, "<": value < limit}[op]:
+                raise argparse.ArgumentTypeError(f"must be {op} {limit} (config {key}), got {value}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+@functools.cache
+def schema() -> dict:
+    """The config schema (JSON schema as YAML, shipped in ``qs/schemas``)."""
+    return yaml.safe_load(resources.files("qs").joinpath("schemas/config.schema.yaml").read_text())
+
+
+def schema_of(key: str) -> dict:
+    """The schema of one config key (dotted, e.g. ``lddmm.alpha``); KeyError names an unknown key."""
+    node = schema()
+    for part in key.split("."):
+        try:
+            node = node["properties"][part]
+        except KeyError:
+            raise KeyError(f"{key}: not a config key of the schema") from None
+    return node
+
+
+def default(key: str):
+    """The schema's default of a config key."""
+    return schema_of(key)["default"]
+
+
+def lookup(config: dict, key: str):
+    """The value of a dotted config key in a (validated) config."""
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def add_group(parser, group: str, *, defaults: bool = True, skip=()) -> None:
+    """Add the group's flags to ``parser``: type, choices, default and help from the schema.
+
+    ``defaults=False``: every flag defaults to None (e.g. ``qs predict``'s kernel flags, which only
+    check the model's settings when given). ``skip``: config keys whose flags the command defines itself.
+    """
+    for key, flag in GROUPS[group].items():
+        if key in skip:
+            continue
+        node = schema_of(key)
+        element = node["items"] if node["type"] == "array" else node
+        choices = element.get("enum")
+        value = node.get("default") if defaults else None
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        help_text = node.get("description", "").replace("%", "%%")
+        help_text = f"{help_text + '; ' if help_text else ''}config {key}" + (f"; default {shown}" if defaults else "")
+        parser.add_argument(flag, type=_argument_type(key, element), choices=choices, default=value, help=help_text,
+                            **({"nargs": "+"} if node["type"] == "array" else {}))
+
+
+def group_args(config: dict, group: str) -> list:
+    """A rule's arguments of ``group`` from the config: ``[flag, value, ...]`` (lists: flag, *items; [] and "": left out)."""
+    out = []
+    for key, flag in GROUPS[group].items():
+        value = lookup(config, key)
+        if value == [] or value == "":
+            continue
+        out += [flag, *value] if isinstance(value, list) else [flag, value]
+    return out
+
+
+def rule_keys(rule: str) -> tuple[str, ...]:
+    """The config keys (dotted; ``*``: all) that the params of workflow rule ``rule`` carry."""
+    groups, extra = RULES[rule]
+    keys = [key for group in groups for key in GROUPS[group]]
+    return tuple(dict.fromkeys([*keys, *extra]))
+
+
+def check_table() -> None:
+    """Every key of :data:`GROUPS` and :data:`RULES` is in the schema with a default (a test calls this)."""
+    for key in {k for g in GROUPS.values() for k in g} | {k for _, extra in RULES.values() for k in extra if k != "*"}:
+        if "default" not in schema_of(key):
+            raise KeyError(f"{key}: no default in the schema")
+
