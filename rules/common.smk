@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from qs.cohort import check_config_paths, cohort_tables
 from qs.io import QsInputError
+from qs.settings import group_args
 from qs.validate import config_error
 
 
@@ -204,21 +205,15 @@ def prediction_flags(stride_flag="--stride", mirror=True):
 
 
 def lddmm_args():
-    """The LDDMM kernel and shooting settings as command-line arguments (one source: config)."""
-    c = config["lddmm"]
-    return ["--alpha", c["alpha"], "--beta", c["beta"], "--gamma", c["gamma"], "--sigma", c["sigma"], "--time-steps", c["time_steps"]]
+    """The LDDMM kernel and shooting settings as arguments (qs.settings group ``kernel``: --alpha ... --time-steps)."""
+    return group_args(config, "kernel")
 
 
 def train_args(kind):
     """Arguments of ``qs train`` for the ``kind`` network, all from config (``T1->T2``: ``:q`` keeps the '>')."""
-    t = config["train"]
-    modality = "T1->T2" if t["target_contrast"] == "T2" else "T1->T1"
-    return [
-        "--architecture", t["architecture"], "--features", t["features"], "--epochs", t["epochs"],
-        "--batch-size", t["batch_size"], "--lr", t["lr"], "--loss", t["loss"], "--dropout", t["dropout"],
-        "--val-fraction", t["val_fraction"], "--device", t["device"], "--seed", config["seed"],
-        "--spacing", config["grid"]["spacing"], "--modality", modality, *lddmm_args(),
-    ]
+    modality = "T1->T2" if config["train"]["target_contrast"] == "T2" else "T1->T1"
+    return [*group_args(config, "network"), *group_args(config, "seed"), "--spacing", config["grid"]["spacing"],
+            "--modality", modality, *lddmm_args()]
 
 
 def registration_outputs(folder):
@@ -245,12 +240,9 @@ def predicted_methods():
 
 
 def syn_args(wildcards):
-    """``qs syn``'s flags of the ``{variant}``: ``syn``'s settings from config (``evaluate.syn_metric``,
-    ``syn_radius``, ``syn_iterations``); none for ``syn-quick`` (ANTsPy's defaults)."""
-    if wildcards.variant != "syn":
-        return []
-    e = config["evaluate"]
-    return ["--metric", e["syn_metric"], "--radius", e["syn_radius"], "--iterations", *e["syn_iterations"]]
+    """``qs syn``'s flags of the ``{variant}``: ``syn``'s settings from config (qs.settings group ``syn``:
+    ``evaluate.syn_metric``, ``syn_radius``, ``syn_iterations``); none for ``syn-quick`` (ANTsPy's defaults)."""
+    return group_args(config, "syn") if wildcards.variant == "syn" else []
 
 
 def evaluation_inputs(w):
