@@ -238,6 +238,27 @@ def write_pair_patches(moving, target, momentum, out_path, patch: int = 15, stri
     return out_path, side
 
 
+def pair_patches_from_files(moving_path, target_path, momentum_path, out_path, *, patch: int = 15,
+                            stride: int = 14, threshold: float = 0.0, pair: str | None = None,
+                            field: str = "momentum", kernel: dict | None = None) -> tuple[Path, Path]:
+    """``qs patches``: :func:`write_pair_patches` of NIfTI files on one grid (``momentum_path``: (I, J, K, 3)).
+
+    ``field="velocity"`` needs ``kernel`` (alpha, beta, gamma, time_steps: the LDDMM's) to turn the
+    momentum into its velocity (:func:`qs.fields.to_field`, mm per unit time).
+    """
+    from .fields import to_field
+    from .io import check_same_grid, load_image, load_momentum, spacing
+
+    moving = load_image(moving_path, what="moving image")
+    target = load_image(target_path, what="target image")
+    check_same_grid(moving, target, moving_path, target_path)
+    m0 = load_momentum(momentum_path, moving, moving_path)
+    if field != "momentum":
+        m0 = to_field(torch.from_numpy(np.asarray(m0, np.float32)), field, spacing(moving), kernel).numpy()
+    return write_pair_patches(np.asarray(moving.dataobj), np.asarray(target.dataobj), m0, out_path,
+                              patch=patch, stride=stride, threshold=threshold, pair=pair, field=field)
+
+
 def read_sidecar(patch_file) -> dict:
     """Read and check the JSON sidecar of a patch file."""
     side = sidecar_path(patch_file)

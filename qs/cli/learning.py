@@ -10,27 +10,11 @@ from .args import add_patch_args
 
 
 def _patches(args):
-    import numpy as np
+    from ..patches import pair_patches_from_files
 
-    from ..io import check_same_grid, load_image, load_momentum
-    from ..patches import write_pair_patches
-
-    moving = load_image(args.moving, what="moving image")
-    target = load_image(args.target, what="target image")
-    check_same_grid(moving, target, args.moving, args.target)
-    m0 = load_momentum(args.momentum, moving, args.moving)
-    if args.field != "momentum":
-        import torch
-
-        from ..fields import to_field
-        from ..io import spacing
-
-        kernel = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps}
-        m0 = to_field(torch.from_numpy(np.asarray(m0, np.float32)), args.field, spacing(moving), kernel).numpy()
-    write_pair_patches(
-        np.asarray(moving.dataobj), np.asarray(target.dataobj), m0, args.out,
-        patch=args.patch, stride=args.stride, threshold=args.threshold, pair=args.pair, field=args.field,
-    )
+    kernel = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps}
+    pair_patches_from_files(args.moving, args.target, args.momentum, args.out, patch=args.patch, stride=args.stride,
+                            threshold=args.threshold, pair=args.pair, field=args.field, kernel=kernel)
 
 
 def _train(args):

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..io import QsInputError, write_text
+from ..io import QsInputError
 from ..settings import add_group
 from .args import add_pair_args
 
@@ -30,22 +30,9 @@ def _syn(args):
 
 
 def _overlap(args):
-    import numpy as np
-    import pandas as pd
+    from ..overlap import parse_method, write_overlap_table
 
-    from ..evaluate import OVERLAP_COLUMNS, overlap_rows
-    from ..io import check_same_grid, load_labels
-
-    target = load_labels(args.target_labels)
-    rows = []
-    for spec in args.method:
-        method, _, path = spec.partition("=")
-        if not path:
-            raise QsInputError(f"--method must be NAME=LABELS, got '{spec}'")
-        warped = load_labels(path)
-        check_same_grid(target, warped, args.target_labels, path)
-        rows += overlap_rows(args.pair, method, np.asarray(warped.dataobj), np.asarray(target.dataobj))
-    write_text(pd.DataFrame(rows, columns=OVERLAP_COLUMNS).to_csv(sep="\t", index=False, float_format="%.6f"), args.out)
+    write_overlap_table(args.pair, args.target_labels, [parse_method(spec) for spec in args.method], args.out)
 
 
 def _lddmm(args):
