@@ -12,7 +12,6 @@ from qs.io import QsInputError
 from qs.settings import group_args
 from qs.validate import config_error
 
-
 try:
     validate(config, schema="../qs/schemas/config.schema.yaml")
 except WorkflowError as exc:
@@ -35,10 +34,19 @@ DEMO = f"{R}/demo"
 def cohort_settings():
     """The keyword arguments of ``qs.cohort.cohort_tables`` from config (also ``qs cohort-tables``' flags)."""
     c, p = config["cohort"], config["pairs"]
-    return dict(source=c["source"], sheet=c["sheet"], bids=c["bids"], label_suffixes=c["bids_label_suffixes"],
-                test_fraction=c["test_fraction"], seed=config["seed"], demo_root=DEMO,
-                demo_subjects_n=c["demo"]["subjects"], mode=p["mode"], max_train_pairs=p["max_train_pairs"],
-                max_test_pairs=p["max_test_pairs"])
+    return dict(
+        source=c["source"],
+        sheet=c["sheet"],
+        bids=c["bids"],
+        label_suffixes=c["bids_label_suffixes"],
+        test_fraction=c["test_fraction"],
+        seed=config["seed"],
+        demo_root=DEMO,
+        demo_subjects_n=c["demo"]["subjects"],
+        mode=p["mode"],
+        max_train_pairs=p["max_train_pairs"],
+        max_test_pairs=p["max_test_pairs"],
+    )
 
 
 def cohort_args():
@@ -61,8 +69,10 @@ def tables_digest(*tables):
 # rendered with Python's repr, not shell quoting: a value with a quote would end the quoting there.
 for arg in workflow.config_settings.config_args or []:
     if "'" in str(arg):
-        sys.exit(f"qs: error: --config {arg}: a value with a quote (') cannot be given on the command line, since "
-                 "Snakemake passes --config to cluster jobs without shell quoting; put it in a config file (--configfile)")
+        sys.exit(
+            f"qs: error: --config {arg}: a value with a quote (') cannot be given on the command line, since "
+            "Snakemake passes --config to cluster jobs without shell quoting; put it in a config file (--configfile)"
+        )
 
 try:
     check_config_paths(config)
@@ -78,7 +88,9 @@ SUBJECTS = list(subjects.index)
 HAS_T2 = bool((subjects["t2"] != "").all())
 HAS_LABELS = bool((subjects["labels"] != "").all())
 if config["train"]["target_contrast"] == "T2" and not HAS_T2:
-    sys.exit("qs: error: config: train.target_contrast is T2 (multimodal) but the cohort has no t2 image for every subject")
+    sys.exit(
+        "qs: error: config: train.target_contrast is T2 (multimodal) but the cohort has no t2 image for every subject"
+    )
 
 
 def resources_of(stage):
@@ -86,8 +98,9 @@ def resources_of(stage):
     return config[stage]["resources"]
 
 
-def job_resources(stage):
-    """The ``resources:`` of a stage's jobs, all from ``config[stage]["resources"]``.
+def job_resources(stage, threads=None):
+    """The ``resources:`` of a stage's jobs, all from ``config[stage]["resources"]``; ``threads``: a
+    single-threaded rule's own (then ``cpus_per_task`` is that, not the stage's threads).
 
     ``mem_mb`` and ``runtime`` grow with the attempt, so that with ``--retries N`` a job
     killed for memory or wall time is retried with 2x, 3x ...; ``cpus_per_task`` is the
@@ -98,7 +111,7 @@ def job_resources(stage):
     out = {
         "mem_mb": lambda wildcards, attempt: r["mem_mb"] * attempt,
         "runtime": lambda wildcards, attempt: r["runtime"] * attempt,
-        "cpus_per_task": r["threads"],
+        "cpus_per_task": r["threads"] if threads is None else threads,
         "gpu": r["gpu"],
     }
     if r["partition"]:
@@ -122,8 +135,12 @@ def optional_files_flags(wildcards):
     Flag builders return lists of arguments: the rules render them with ``:q``, which quotes
     each argument on its own, so that a path with spaces or shell characters stays one argument.
     """
-    return [arg for kind in ("t2", "labels") if subjects.loc[wildcards.subject, kind]
-            for arg in (f"--{kind}", subjects.loc[wildcards.subject, kind])]
+    return [
+        arg
+        for kind in ("t2", "labels")
+        if subjects.loc[wildcards.subject, kind]
+        for arg in (f"--{kind}", subjects.loc[wildcards.subject, kind])
+    ]
 
 
 def atlas_source(kind):
@@ -212,8 +229,15 @@ def lddmm_args():
 def train_args(kind):
     """Arguments of ``qs train`` for the ``kind`` network, all from config (``T1->T2``: ``:q`` keeps the '>')."""
     modality = "T1->T2" if config["train"]["target_contrast"] == "T2" else "T1->T1"
-    return [*group_args(config, "network"), *group_args(config, "seed"), "--spacing", config["grid"]["spacing"],
-            "--modality", modality, *lddmm_args()]
+    return [
+        *group_args(config, "network"),
+        *group_args(config, "seed"),
+        "--spacing",
+        config["grid"]["spacing"],
+        "--modality",
+        modality,
+        *lddmm_args(),
+    ]
 
 
 def registration_outputs(folder):

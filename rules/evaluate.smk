@@ -12,22 +12,22 @@ rule syn:
         warp=f"{R}/{{variant}}/{{pair}}/warp.nii.gz",
         warped=f"{R}/{{variant}}/{{pair}}/warped.nii.gz",
         summary=f"{R}/{{variant}}/{{pair}}/summary.json",
+    log:
+        f"{LOGS}/{{variant}}/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/{{variant}}/{{pair}}.tsv"
     wildcard_constraints:
         variant="syn|syn-quick",
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("evaluate")["threads"]
+    resources:
+        **job_resources("evaluate"),
     params:
         labels=labels_flag,
         settings=syn_args,
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.warp),
-    log:
-        f"{LOGS}/{{variant}}/{{pair}}.log",
-    benchmark:
-        f"{BENCH}/{{variant}}/{{pair}}.tsv"
-    threads: resources_of("evaluate")["threads"]
-    resources:
-        **job_resources("evaluate"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "qs syn --variant {wildcards.variant:q} --moving {input.moving:q} --target {input.target:q} {params.labels:q} "
         "{params.settings:q} --seed {params.seed:q} --threads {threads} --out {params.out:q} > {log:q} 2>&1"
@@ -41,17 +41,19 @@ rule evaluate_pair:
         detj=f"{R}/evaluate/{{pair}}/detj.tsv",
         overlap=f"{R}/evaluate/{{pair}}/overlap.tsv",
         timing=f"{R}/evaluate/{{pair}}/timing.tsv",
+    log:
+        f"{LOGS}/evaluate/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/evaluate/{{pair}}.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("evaluate")["threads"]
+    resources:
+        **job_resources("evaluate"),
     params:
         methods=evaluation_args,
         lddmm=lambda w, input: os.path.dirname(input.lddmm),
         out=lambda w, output: os.path.dirname(output.errors),
-    log:
-        f"{LOGS}/evaluate/{{pair}}.log",
-    threads: resources_of("evaluate")["threads"]
-    resources:
-        **job_resources("evaluate"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "qs evaluate-pair --pair {wildcards.pair:q} --lddmm {params.lddmm:q} {params.methods:q} --mask {input.mask:q} "
         "--out {params.out:q} > {log:q} 2>&1"

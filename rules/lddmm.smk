@@ -9,6 +9,15 @@ rule lddmm:
     output:
         **registration_outputs(f"{R}/lddmm"),
         energy=f"{R}/lddmm/{{pair}}/energy.tsv",
+    log:
+        f"{LOGS}/lddmm/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/lddmm/{{pair}}.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("lddmm")["threads"]
+    resources:
+        **job_resources("lddmm"),
     params:
         labels=labels_flag,
         lddmm=lddmm_args(),
@@ -20,15 +29,6 @@ rule lddmm:
         device=config["lddmm"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
-    log:
-        f"{LOGS}/lddmm/{{pair}}.log",
-    benchmark:
-        f"{BENCH}/lddmm/{{pair}}.tsv"
-    threads: resources_of("lddmm")["threads"]
-    resources:
-        **job_resources("lddmm"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs lddmm --moving {input.moving:q} --target {input.target:q} {params.labels:q} "
         "--out {params.out:q} --iterations {params.iterations:q} "

@@ -10,8 +10,17 @@ rule predict:
         labels=pair_labels("moving"),
     output:
         **registration_outputs(f"{R}/predict/{{method}}"),
+    log:
+        f"{LOGS}/predict/{{method}}/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/predict/{{method}}/{{pair}}.tsv"
     wildcard_constraints:
         method="predict|predict-correct",
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("predict")["threads"]
+    resources:
+        **job_resources("predict"),
     params:
         labels=labels_flag,
         correct=correction_flags,
@@ -24,15 +33,6 @@ rule predict:
         device=config["predict"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
-    log:
-        f"{LOGS}/predict/{{method}}/{{pair}}.log",
-    benchmark:
-        f"{BENCH}/predict/{{method}}/{{pair}}.tsv"
-    threads: resources_of("predict")["threads"]
-    resources:
-        **job_resources("predict"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} {params.correct:q} --moving {input.moving:q} "
         "--target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} {params.passes:q} {params.lddmm:q} "
@@ -48,6 +48,15 @@ rule predict_mc:
     output:
         **registration_outputs(f"{R}/predict/predict-mc"),
         uncertainty=f"{R}/predict/predict-mc/{{pair}}/uncertainty.nii.gz",
+    log:
+        f"{LOGS}/predict/predict-mc/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/predict/predict-mc/{{pair}}.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("predict")["threads"]
+    resources:
+        **job_resources("predict"),
     params:
         labels=labels_flag,
         samples=config["predict"]["samples"],
@@ -57,15 +66,6 @@ rule predict_mc:
         device=config["predict"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.m0),
-    log:
-        f"{LOGS}/predict/predict-mc/{{pair}}.log",
-    benchmark:
-        f"{BENCH}/predict/predict-mc/{{pair}}.tsv"
-    threads: resources_of("predict")["threads"]
-    resources:
-        **job_resources("predict"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} --samples {params.samples:q} "
         "--moving {input.moving:q} --target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} "

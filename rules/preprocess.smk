@@ -17,20 +17,20 @@ rule preprocess:
             category="Pre-processing",
             labels={"subject": "{subject}"},
         ),
+    log:
+        f"{LOGS}/preprocess/{{subject}}.log",
+    benchmark:
+        f"{BENCH}/preprocess/{{subject}}.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("preprocess")["threads"]
+    resources:
+        **job_resources("preprocess"),
     params:
         extra=optional_files_flags,
         normalize=config["preprocess"]["normalize"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.t1),
-    log:
-        f"{LOGS}/preprocess/{{subject}}.log",
-    benchmark:
-        f"{BENCH}/preprocess/{{subject}}.tsv"
-    threads: resources_of("preprocess")["threads"]
-    resources:
-        **job_resources("preprocess"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "qs preprocess --subject {wildcards.subject:q} --atlas {input.atlas:q} --atlas-mask {input.atlas_mask:q} "
         "--t1 {input.t1:q} {params.extra:q} --normalize {params.normalize:q} --seed {params.seed:q} "

@@ -6,13 +6,21 @@ from qs.provenance import FILES as PROVENANCE_FILES
 from qs.provenance import resources as config_resources
 from qs.provenance import settings as config_settings
 
-
 PROVENANCE = f"{R}/provenance"
 
 
 rule provenance:
     output:
         **{key: f"{PROVENANCE}/{name}" for key, name in PROVENANCE_FILES.items()},
+    log:
+        f"{LOGS}/provenance.log",
+    benchmark:
+        f"{BENCH}/provenance.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: 1
+    resources:
+        **job_resources("evaluate", threads=1),
     params:
         # Every setting: a config change reruns this rule (and the report that reads it), no other rule.
         settings=json.dumps(config_settings(config), sort_keys=True),
@@ -21,10 +29,6 @@ rule provenance:
         resources=lambda w, output: json.dumps(config_resources(config), sort_keys=True),
         workflow=workflow.basedir,
         out=lambda w, output: os.path.dirname(output.summary),
-    log:
-        f"{LOGS}/provenance.log",
-    conda:
-        "../envs/qs.yaml"
     shell:
         "qs provenance --config-json {params.settings:q} --resources-json {params.resources:q} "
         "--workflow-dir {params.workflow:q} --out {params.out:q} > {log:q} 2>&1"

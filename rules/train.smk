@@ -9,16 +9,21 @@ rule patches:
     output:
         npy=f"{R}/patches/prediction/{{pair}}.npy",
         sidecar=f"{R}/patches/prediction/{{pair}}.json",
+    log:
+        f"{LOGS}/patches/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/patches/{{pair}}.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: 1
+    resources:
+        **job_resources("lddmm", threads=1),
     params:
         patch=config["train"]["patch"],
         stride=config["train"]["stride"],
         threshold=config["train"]["background_threshold"],
         field=config["train"]["field"],
         lddmm=lddmm_args(),
-    log:
-        f"{LOGS}/patches/{{pair}}.log",
-    conda:
-        "../envs/qs.yaml"
     shell:
         "qs patches --moving {input.moving:q} --target {input.target:q} --momentum {input.momentum:q} "
         "--pair {wildcards.pair:q} --patch {params.patch:q} --stride {params.stride:q} "
@@ -31,19 +36,24 @@ rule train_prediction:
     output:
         model=f"{R}/models/prediction/model.safetensors",
         loss=f"{R}/models/prediction/loss.tsv",
-        plot=report(f"{R}/models/prediction/loss.png", caption="../report/training_loss.rst", category="Training", labels={"model": "prediction"}),
-    params:
-        args=train_args("prediction"),
-        out=lambda w, output: os.path.dirname(output.model),
+        plot=report(
+            f"{R}/models/prediction/loss.png",
+            caption="../report/training_loss.rst",
+            category="Training",
+            labels={"model": "prediction"},
+        ),
     log:
         f"{LOGS}/train/prediction.log",
     benchmark:
         f"{BENCH}/train/prediction.tsv"
+    conda:
+        "../envs/qs.yaml"
     threads: resources_of("train")["threads"]
     resources:
         **job_resources("train"),
-    conda:
-        "../envs/qs.yaml"
+    params:
+        args=train_args("prediction"),
+        out=lambda w, output: os.path.dirname(output.model),
     shell:
         "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind prediction {params.args:q} --out {params.out:q} > {log:q} 2>&1"
 
@@ -57,6 +67,15 @@ rule correction_patches:
     output:
         npy=f"{R}/patches/correction/{{pair}}.npy",
         sidecar=f"{R}/patches/correction/{{pair}}.json",
+    log:
+        f"{LOGS}/patches_correction/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/patches_correction/{{pair}}.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("train")["threads"]
+    resources:
+        **job_resources("train"),
     params:
         patch=config["train"]["patch"],
         stride=config["train"]["stride"],
@@ -65,13 +84,6 @@ rule correction_patches:
         field=config["train"]["field"],
         prediction=prediction_flags("--predict-stride"),
         lddmm=lddmm_args(),
-    log:
-        f"{LOGS}/patches_correction/{{pair}}.log",
-    threads: resources_of("train")["threads"]
-    resources:
-        **job_resources("train"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs correction-patches --model {input.model:q} --moving {input.moving:q} "
         "--target {input.target:q} --momentum {input.momentum:q} --pair {wildcards.pair:q} --patch {params.patch:q} "
@@ -87,20 +99,25 @@ rule train_correction:
     output:
         model=f"{R}/models/correction/model.safetensors",
         loss=f"{R}/models/correction/loss.tsv",
-        plot=report(f"{R}/models/correction/loss.png", caption="../report/training_loss.rst", category="Training", labels={"model": "correction"}),
+        plot=report(
+            f"{R}/models/correction/loss.png",
+            caption="../report/training_loss.rst",
+            category="Training",
+            labels={"model": "correction"},
+        ),
+    log:
+        f"{LOGS}/train/correction.log",
+    benchmark:
+        f"{BENCH}/train/correction.tsv"
+    conda:
+        "../envs/qs.yaml"
+    threads: resources_of("train")["threads"]
+    resources:
+        **job_resources("train"),
     params:
         args=train_args("correction"),
         init=lambda w, input: ["--init", input.init[0]] if input.init else [],
         correction_init=config["train"]["correction_init"],  # the key itself: init is a function of the input
         out=lambda w, output: os.path.dirname(output.model),
-    log:
-        f"{LOGS}/train/correction.log",
-    benchmark:
-        f"{BENCH}/train/correction.tsv"
-    threads: resources_of("train")["threads"]
-    resources:
-        **job_resources("train"),
-    conda:
-        "../envs/qs.yaml"
     shell:
         "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind correction {params.args:q} {params.init:q} --out {params.out:q} > {log:q} 2>&1"

@@ -2,13 +2,25 @@
 
 import json
 import os
+import re
+import shutil
+import subprocess
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    ROOT,
+    TINY,
+    TINY_RESULTS,
+    checkout_changes,
+    checkout_state,
+    planned_jobs,
+    snakemake,
+    tiny_args,
+)
 
-from conftest import TINY, TINY_RESULTS, checkout_changes, checkout_state, planned_jobs, snakemake, tiny_args
 from qs.model_io import read_meta
 
 
@@ -36,6 +48,25 @@ def test_lint_is_clean(tmp_path):
     run = snakemake("--lint", cwd=tmp_path)  # in tmp_path: lint writes a log into .snakemake/
     assert run.returncode == 0, run.output
     assert "Congratulations, your workflow is in a good condition!" in run.output
+
+
+def test_workflow_files_are_snakefmt_clean():
+    fmt = shutil.which("snakefmt")
+    assert fmt, "snakefmt is missing: pip install -e '.[test]' installs it"
+    run = subprocess.run([fmt, "--check", "--diff", "Snakefile", "rules"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+
+
+def test_every_working_rule_has_log_benchmark_and_resources():
+    """Each rule that runs a command (all but ``all``) logs, is benchmarked and states its resources."""
+    text = "\n".join(p.read_text() for p in sorted((ROOT / "rules").glob("*.smk")))
+    rules = re.split(r"^\s*rule (\w+):", text, flags=re.M)[1:]
+    bodies = dict(zip(rules[::2], rules[1::2]))
+    assert len(bodies) >= 17, sorted(bodies)
+    missing = {name: [d for d in ("log:", "benchmark:", "resources:", "threads:") if f"    {d}" not in body]
+               for name, body in bodies.items() if "shell:" in body}
+    assert {name: m for name, m in missing.items() if m} == {}, missing
 
 
 def test_default_config_plans_the_whole_dag(tmp_path):
