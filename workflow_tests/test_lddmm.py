@@ -266,7 +266,7 @@ def test_lncc_registration_is_robust_to_a_bias_field(recovery):
     no fold and a smaller error. Measured (30 iterations): SSD mean error 2.9 mm with det J min -0.9,
     LNCC 1.5 mm with det J min 0.37, for a true displacement of mean 1.3 mm. (On this nearly flat phantom
     LNCC recovers less than SSD does without bias, 1.1 vs 0.2 mm: its ``eps`` rewards contrast where the
-    target is flat; on the demo brains it raises the label overlap, see the README.)"""
+    target is flat; on the demo brains it raises the label overlap, see docs/performance.md.)"""
     I0, I1, u_true, _ = recovery
     h = (2.0, 2.0, 2.0)
     x = torch.linspace(-1, 1, I1.shape[0])[:, None, None]
@@ -313,7 +313,7 @@ def test_coarsen_and_refine_keep_a_linear_field():
 def test_coarse_to_fine_registration(recovery):
     """Coarse-to-fine: rows of both grids in the history, each level monotone, the fine level improves on the
     coarse result. (Whether it pays off is measured on brains, not on this 24^3 phantom, whose 12^3 coarse grid
-    keeps little of it: see the README's LDDMM figures.)"""
+    keeps little of it: see the LDDMM figures in docs/performance.md.)"""
     I0, I1, u_true, _ = recovery
     h = (2.0, 2.0, 2.0)
     both = lddmm_registration(I0, I1, h, iterations=10, coarse_iterations=20, progress=False, compile=False)
