@@ -6,7 +6,7 @@ pairs' subjects (``preprocessed/{subject}/``). Then, in this one process, with
 ``--threads`` ITK threads (default 1, as the workflow's SyN jobs) and the
 seed ``--seed``, registers every test pair with every setting of
 :data:`SETTINGS` (or those named by ``--settings``) through
-:func:`qs.syn.register` (the workflow's code path; outputs to a temporary
+:func:`qs.syn.syn_registration` (the workflow's code path; outputs to a temporary
 folder) and measures the Klein et al. 2009 target overlap of the warped
 labels (pooled over labels) and the registration's seconds.
 
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--tsv", type=Path, help="also write the per-pair rows to this TSV")
     args = p.parse_args(argv)
 
-    from qs.syn import register
+    from qs.syn import syn_registration
 
     names = ["antspy-default", *(n for n in args.settings if n != "antspy-default")]
     pairs = test_pairs(args.results)
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             for pair, moving, target, moving_labels, target_labels in pairs:
-                out = register(moving, target, Path(tmp) / name / pair, SETTINGS[name], labels=moving_labels,
+                out = syn_registration(moving, target, Path(tmp) / name / pair, SETTINGS[name], labels=moving_labels,
                                seed=args.seed, threads=args.threads, method=name)
                 seconds = json.loads(out["summary"].read_text())["seconds"]
                 to = target_overlap(out["warped_labels"], target_labels)

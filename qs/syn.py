@@ -76,7 +76,7 @@ def describe(settings: dict) -> str:
             f"smoothing {'x'.join(str(n - 1 - i) for i in range(n))} voxels), gradient step 0.2")
 
 
-def register(moving, target, out_dir, settings: dict, *, labels=None, seed: int = 0, threads: int = 1,
+def syn_registration(moving, target, out_dir, settings: dict, *, labels=None, seed: int = 0, threads: int = 1,
              method: str = "syn") -> dict:
     """Register ``moving`` to ``target`` with ``ants.registration(**settings)``; write the results into ``out_dir``.
 
@@ -118,4 +118,4 @@ def run_syn(moving, target, out_dir, *, labels=None, seed: int = 0, threads: int
             metric: str = DEFAULT_METRIC, radius: int = DEFAULT_RADIUS, iterations=DEFAULT_ITERATIONS) -> dict:
     """``qs syn``: the ``variant`` (``syn`` or ``syn-quick``, see the module) of ``moving`` to ``target``; see :func:`register`."""
     settings = ants_settings(variant, metric=metric, radius=radius, iterations=iterations)
-    return register(moving, target, out_dir, settings, labels=labels, seed=seed, threads=threads, method=variant)
+    return syn_registration(moving, target, out_dir, settings, labels=labels, seed=seed, threads=threads, method=variant)
