@@ -17,8 +17,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from ..evaluate import OVERLAP_COLUMNS, detj_summary, displacement_error_mm, overlap_rows
+from ..evaluate import OVERLAP_COLUMNS, detj_summary, displacement_error_mm
 from ..io import QsInputError, atomic_path, check_same_grid, load_image, load_labels, spacing
+from ..overlap import warped_label_overlaps
 from ..transforms import read_ants_displacement
 from .methods import SYN_METHODS, method_name, report_order
 from .tsv import DETJ_COLUMNS, PAIR_TIMING_COLUMNS, TIMING_COLUMNS, read_tsv, write_tsv
@@ -141,11 +142,7 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
         sources = {m: path for m, path in sources.items() if path.is_file()}
         if moving_labels is not None:
             sources["affine"] = Path(moving_labels)  # load_labels names it if it is missing
-        for m in report_order(sources):
-            path = sources[m]
-            warped = load_labels(path)
-            check_same_grid(tl, warped, target_labels, path)
-            rows += overlap_rows(pair, m, np.asarray(warped.dataobj), target)
+        rows = warped_label_overlaps(pair, tl, target_labels, [(m, sources[m]) for m in report_order(sources)])
 
     timing = [timing_row(pair, "lddmm", read_summary(lddmm_dir, "lddmm"), source=lddmm_dir / "summary.json")]
     timing += [timing_row(pair, m, read_summary(methods[m], m), source=methods[m] / "summary.json") for m in report_order(methods)]
