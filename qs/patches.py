@@ -39,8 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .fields import FIELD_CHANNELS, check_field, field_of
-from .io import QsInputError, atomic_path, write_json
+from .fields import FIELD_CHANNELS, check_field, field_of, to_field
+from .io import (QsInputError, atomic_path, check_same_grid, load_image, load_momentum, spacing,
+                 write_json)
 
 PATCH_FORMAT = "qs-patches-1"
 CHANNELS = ("moving", "target", *FIELD_CHANNELS["momentum"])
@@ -246,9 +247,6 @@ def pair_patches_from_files(moving_path, target_path, momentum_path, out_path, *
     ``field="velocity"`` needs ``kernel`` (alpha, beta, gamma, time_steps: the LDDMM's) to turn the
     momentum into its velocity (:func:`qs.fields.to_field`, mm per unit time).
     """
-    from .fields import to_field
-    from .io import check_same_grid, load_image, load_momentum, spacing
-
     moving = load_image(moving_path, what="moving image")
     target = load_image(target_path, what="target image")
     check_same_grid(moving, target, moving_path, target_path)

@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..settings import GROUPS, add_group
 from .args import add_patch_args
 
 
 def add_lddmm_expect(p) -> None:
-    """Optional ``--alpha --beta --gamma --sigma --time-steps``: the run's LDDMM settings the model must match."""
+    """Optional ``--alpha --beta --gamma --sigma --time-steps`` (settings group ``kernel``, no defaults): the
+    run's LDDMM settings the model must match."""
     g = p.add_argument_group("LDDMM settings the model must have been trained with (checked when given)")
-    g.add_argument("--alpha", type=float)
-    g.add_argument("--beta", type=float)
-    g.add_argument("--gamma", type=float)
-    g.add_argument("--sigma", type=float)
-    g.add_argument("--time-steps", type=int)
+    add_group(g, "kernel", defaults=False)
 
 
 def expect_from_args(args) -> dict:
-    keys = {"alpha": "alpha", "beta": "beta", "gamma": "gamma", "sigma": "sigma", "time_steps": "time_steps"}
-    return {k: getattr(args, a) for k, a in keys.items() if getattr(args, a, None) is not None}
+    """The kernel settings given on the command line, by name (``alpha`` ... ``time_steps``)."""
+    names = [key.split(".")[-1] for key in GROUPS["kernel"]]
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def add_mirror_axes(p) -> None:
