@@ -1,8 +1,12 @@
 """qs: Quicksilver (fast predictive LDDMM registration) for cohort studies.
 
 Run the demo:   snakemake --cores all
-Your cohort:    snakemake --cores all --config cohort='{source: sheet, sheet: subjects.tsv}'
-                (or edit config.yaml; every key is documented in qs/schemas/config.schema.yaml)
+Your cohort:    snakemake --cores all --configfile my_cohort.yaml   (start from config/cohort.yaml)
+
+Settings: the schema's defaults (qs/schemas/config.schema.yaml: every key, its default and meaning) under the
+user's --configfile / --config. The demo cohort (cohort.source: demo, the default) also takes the demo's CPU
+budget, config/demo.yaml, under the user's settings; no other cohort does. results/provenance/config.yaml
+shows the effective settings of a run.
 """
 
 import sys
@@ -10,11 +14,15 @@ import sys
 from snakemake.utils import min_version
 
 from qs.runlock import record_lock_owner, release_stale_lock
+from qs.settings import with_demo_budget
 
 min_version("9.0")
 
-
-configfile: workflow.source_path("config.yaml")
+# The demo's CPU budget applies to the demo cohort only (qs.settings.with_demo_budget); every other cohort runs with
+# the schema's defaults and the user's settings. Jobs spawned on a cluster get the same --configfile/--config,
+# so they derive the same config.
+DEMO_CONFIG = workflow.source_path("config/demo.yaml")
+config.update(with_demo_budget(config, DEMO_CONFIG))
 
 
 report: "report/workflow.rst"
@@ -35,6 +43,7 @@ include: "rules/common.smk"
 wildcard_constraints:
     subject="|".join(SUBJECTS),
     pair="|".join(pairs.index),
+    registration="[A-Za-z0-9][A-Za-z0-9_-]*_to_[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
 include: "rules/data.smk"
@@ -42,6 +51,7 @@ include: "rules/preprocess.smk"
 include: "rules/lddmm.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
+include: "rules/register.smk"
 include: "rules/evaluate.smk"
 include: "rules/provenance.smk"
 include: "rules/report.smk"

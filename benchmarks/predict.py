@@ -13,12 +13,16 @@ temporary folder):
 * ``predict``: the prediction network, shooting, outputs;
 * ``predict-correct``: plus the correction network (``--correct``);
 * ``predict-mc``: MC dropout with ``--samples`` samples (paper: 50);
+* ``register``, ``register-correct``: the ``register`` block's job (``qs register-pair``) for the atlas
+  and the pair's target subject: prediction (and correction) on the working grid, then both directions
+  carried into the subject's own grid and the atlas' (``--inverse``), what a registered subject costs;
 * ``lddmm``: LDDMM optimization with the run's settings (the reference);
 * ``syn``: ANTsPy SyN (CPU only).
 
 A warm-up prediction runs first and is not timed (imports, first-call
 allocations). Each method runs ``--repeats`` times; the median is reported,
-with the ratios ``lddmm / method`` and ``syn / method``. The machines are
+with the ratios ``lddmm / method`` and ``syn / method``, and the cost of a registered subject
+against what a predicted pair cost before the ``register`` block (LDDMM + prediction + correction). The machines are
 shared and noisy: read the ratios, not the seconds.
 
 Usage: ``python benchmarks/predict.py [--results results] [--pair P] [--samples 50] [--repeats 1]
@@ -76,6 +80,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from qs.lddmm_run import run_lddmm
     from qs.predict.files import run_predict
+    from qs.registrations import register_pair
     from qs.syn import run_syn
 
     res = args.results
@@ -99,7 +104,24 @@ def main(argv=None) -> int:
         return run_predict(model, moving, target, out, labels=labels, device=args.device, progress=False,
                            seed=config["seed"], stride=stride, **kw)
 
+    subject = pd.read_csv(res / "cohort" / "pairs.tsv", sep="\t").set_index("pair").loc[pair, "target"]
+    raw = pd.read_csv(res / "cohort" / "subjects.tsv", sep="\t", keep_default_na=False).set_index("subject")
+    atlas_labels = res / "atlas" / "atlas_labels.nii.gz"
+    own = lambda p: None if not p else (Path(p) if Path(p).is_absolute() else res.parent / p)
+
+    def register(out, **kw):  # the atlas to the target subject, as the register block's job
+        return register_pair(model, res / "atlas" / "atlas_T1w.nii.gz", target, res / "atlas" / "atlas_T1w.nii.gz",
+                             own(raw.loc[subject, "t1"]), out,
+                             target_affine=res / "preprocessed" / subject / f"{subject}_affine.mat",
+                             moving_labels=atlas_labels if atlas_labels.exists() else None,
+                             target_labels=own(raw.loc[subject, "labels"]), inverse=True, stride=stride,
+                             mirror_axes=mirror_axes, device=args.device, seed=config["seed"], **kw)
+
     methods = {
+        "register": lambda out: register(out),
+        "register-correct": ((lambda out: register(out, correction_model=correction, corrections=corrections,
+                                                   correction_stride=correction_stride))
+                             if correction.exists() else None),
         "predict": lambda out: predict(out),
         "predict-correct": ((lambda out: predict(out, correction_model=correction, corrections=corrections,
                                                  correction_stride=correction_stride))
@@ -137,6 +159,11 @@ def main(argv=None) -> int:
         lddmm = f"{seconds['lddmm'] / s:12.1f}" if "lddmm" in seconds else f"{'-':>12s}"
         syn = f"{seconds['syn'] / s:10.1f}" if "syn" in seconds else f"{'-':>10s}"
         print(f"{name:16s} {s:8.2f}  {lddmm}  {syn}")
+    if {"lddmm", "predict-correct", "register-correct"} <= seconds.keys():
+        before = seconds["lddmm"] + seconds["predict-correct"]
+        print(f"\na registered subject (predict+correct): {seconds['register-correct']:.1f} s; a predicted pair "
+              f"before the register block (LDDMM + predict-correct): {before:.1f} s, "
+              f"{before / seconds['register-correct']:.1f}x as much")
     return 0
 
 

@@ -113,6 +113,7 @@ def check_config_paths(config: dict) -> None:
     """:func:`check_workflow_path` for every path setting of the workflow config."""
     paths = {"results": config["results"], "cohort.sheet": config["cohort"]["sheet"], "cohort.bids": config["cohort"]["bids"]}
     paths |= {f"atlas.{k}": config["atlas"].get(k, "") for k in ("t1", "mask", "labels", "t2")}
+    paths |= {f"models.{k}": config.get("models", {}).get(k, "") for k in ("prediction", "correction")}
     for key, value in paths.items():
         if value:
             check_workflow_path(value, f"config: {key}:")
@@ -220,29 +221,52 @@ def assign_splits(table: pd.DataFrame, *, test_fraction: float, seed: int) -> pd
     return table
 
 
-def make_pairs(table: pd.DataFrame, *, mode: str, seed: int, max_train_pairs: int = 0, max_test_pairs: int = 0) -> pd.DataFrame:
+def ordered_pairs(subjects: list[str], limit: int, seed) -> list[tuple[str, str]]:
+    """Ordered pairs ``(moving, target)`` of distinct ``subjects`` in :func:`itertools.permutations` order;
+    ``limit`` > 0 keeps a seeded random subset of that many (``np.random.default_rng(seed)``), in that order.
+
+    The subset is drawn by pair index and each index mapped to its pair, so ``n`` subjects never
+    enumerate their ``n (n - 1)`` pairs (10,000 subjects: 10^8).
+    """
+    n = len(subjects)
+    total = n * (n - 1)
+    if not limit or total <= limit:
+        return list(permutations(subjects, 2))
+    keep = np.sort(np.random.default_rng(seed).choice(total, size=limit, replace=False))
+    i, r = np.divmod(keep, n - 1)
+    j = np.where(r < i, r, r + 1)  # the r-th subject other than i
+    return [(subjects[a], subjects[b]) for a, b in zip(i.tolist(), j.tolist())]
+
+
+def make_pairs(table: pd.DataFrame, *, mode: str, seed: int, max_train_pairs: int = 0, max_test_pairs: int = 0,
+               train_pairs_optional: bool = False) -> pd.DataFrame:
     """Registration pairs ``moving -> target`` with columns pair, moving, target, split.
 
     ``atlas-to-image``: the atlas is the moving image for every subject.
     ``image-to-image``: all ordered pairs of distinct subjects within a split.
     ``max_*_pairs`` > 0 keeps a seeded random subset (sorted by pair id).
+    A split without pairs is an error, the train split's not with ``train_pairs_optional``
+    (a run that reuses trained models needs no training pairs).
     """
     if mode not in ("atlas-to-image", "image-to-image"):
         raise QsInputError(f"pairs.mode must be 'atlas-to-image' or 'image-to-image', got '{mode}'")
     rows = []
     for split in SPLITS:
         subjects = sorted(table.loc[table["split"] == split, "subject"])
+        limit = max_train_pairs if split == "train" else max_test_pairs
         if mode == "atlas-to-image":
             combos = [(ATLAS, s) for s in subjects]
+            if limit and len(combos) > limit:
+                keep = np.random.default_rng([seed, SPLITS.index(split)]).choice(len(combos), size=limit,
+                                                                                 replace=False)
+                combos = [combos[k] for k in sorted(keep)]
         else:
-            combos = list(permutations(subjects, 2))
-        limit = max_train_pairs if split == "train" else max_test_pairs
-        if limit and len(combos) > limit:
-            keep = np.random.default_rng([seed, SPLITS.index(split)]).choice(len(combos), size=limit, replace=False)
-            combos = [combos[k] for k in sorted(keep)]
+            combos = ordered_pairs(subjects, limit, [seed, SPLITS.index(split)])
         rows += [{"pair": f"{m}_to_{t}", "moving": m, "target": t, "split": split} for m, t in combos]
     pairs = pd.DataFrame(rows, columns=["pair", "moving", "target", "split"])
     for split in SPLITS:
+        if split == "train" and train_pairs_optional:
+            continue
         if not (pairs["split"] == split).any():
             raise QsInputError(
                 f"no {split} pairs: {mode} pairing needs "
@@ -280,7 +304,8 @@ def drop_partial_columns(table: pd.DataFrame) -> list[str]:
 
 
 def cohort_tables(*, source: str, sheet="", bids="", label_suffixes=("dseg", "labels"), test_fraction=0.25, seed=0,
-                  demo_root="", demo_subjects_n=0, mode="image-to-image", max_train_pairs=0, max_test_pairs=0):
+                  demo_root="", demo_subjects_n=0, mode="image-to-image", max_train_pairs=0, max_test_pairs=0,
+                  train_pairs_optional=False):
     """The workflow's cohort: ``(subjects, pairs, warnings)``, the subject and pair tables of ``config``.
 
     One function for the workflow (which plans from it) and ``qs cohort-tables`` (which writes it), so
@@ -294,7 +319,8 @@ def cohort_tables(*, source: str, sheet="", bids="", label_suffixes=("dseg", "la
         subjects = load_cohort(source, sheet=sheet, bids=bids, label_suffixes=label_suffixes,
                                test_fraction=test_fraction, seed=seed)
     notes = drop_partial_columns(subjects)
-    pairs = make_pairs(subjects, mode=mode, seed=seed, max_train_pairs=max_train_pairs, max_test_pairs=max_test_pairs)
+    pairs = make_pairs(subjects, mode=mode, seed=seed, max_train_pairs=max_train_pairs, max_test_pairs=max_test_pairs,
+                       train_pairs_optional=train_pairs_optional)
     return subjects, pairs, notes
 
 

@@ -206,9 +206,10 @@ def _read(path, *, tensors: bool):
     return meta, weights
 
 
-def _same(a, b) -> bool:
+def same_value(a, b) -> bool:
+    """Metadata values equal: numbers to 1e-6 relative, lists element by element, anything else with ``==``."""
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same_value(x, y) for x, y in zip(a, b))
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
@@ -222,7 +223,7 @@ def check_expect(meta: dict, expect: dict, path) -> None:
     for key, want in expect.items():
         if key not in meta:
             problems.append(f"{key}: the model has no value, this run uses {want!r}")
-        elif not _same(meta[key], list(want) if isinstance(want, tuple) else want):
+        elif not same_value(meta[key], list(want) if isinstance(want, tuple) else want):
             problems.append(f"{key}: the model has {meta[key]!r}, this run uses {want!r}")
     if problems:
         raise QsInputError(

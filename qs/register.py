@@ -204,15 +204,16 @@ def compose_to_target(atlas_warp, target_mat, moving_mat, target_img, moving_img
 
 def run_register(moving, target, model_path, out_prefix, *, correction_model=None, corrections: int = 1,
                  stride=None, correction_stride=None, mirror_axes=(), atlas=None, atlas_mask=None, labels=None,
-                 samples: int = 1, device="auto", seed: int = 0, threads: int = 1, normalize: str = "percentile",
+                 samples: int = 1, device="auto", seed: int = 0, threads: int = 1, normalize: str | None = None,
                  margin_mm: float = 8.0, batch_size: int = 64, progress=None) -> dict:
     """``qs register``: register the raw ``moving`` image to the raw ``target`` with a trained model.
 
     See the module docstring for the steps, the transform design and the
     outputs. ``corrections``, ``stride``, ``correction_stride`` and ``mirror_axes`` as in
     :func:`qs.predict.files.run_predict` (``qs predict --corrections/--stride/--correction-stride/--mirror-axes``),
-    checked
-    before the affine step. Returns the summary (also ``PREFIX_summary.json``) with the
+    checked before the affine step. ``normalize``: the intensity normalisation; None takes the model's
+    (metadata ``normalize``, recorded at training; ``percentile`` for models trained before qs recorded it).
+    Returns the summary (also ``PREFIX_summary.json``) with the
     output paths under ``"outputs"``.
     """
     from .model_io import read_meta
@@ -228,6 +229,8 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     tgt_img = load_image(target, what="target image")
     lab_img = load_labels(labels, reference=mov_img, reference_path=moving) if labels is not None else None
     meta = read_meta(model_path)
+    if normalize is None:
+        normalize = meta.get("normalize", "percentile")
     check_prediction_options(corrections=corrections, correction_model=correction_model, samples=samples,
                              batch_size=batch_size, mirror_axes=mirror_axes,
                              strides={"--stride": stride, "--correction-stride": correction_stride},

@@ -64,6 +64,8 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                          ("grid.spacing", "train.target_contrast", "train.correction_init")),
     "predict": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                                      "predict.corrections", "predict.correction_stride")),
+    "register": (("seed",), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
+                              "predict.corrections", "predict.correction_stride", "register.pairs", "register.method")),
     "predict_mc": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.device", "predict.samples")),
     "syn": (("seed", "syn"), ()),
     "report": ((), ("train.field",)),
@@ -172,3 +174,23 @@ def check_table() -> None:
         if "default" not in schema_of(key):
             raise KeyError(f"{key}: no default in the schema")
 
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """``base`` updated by ``over``, nested mappings merged key by key (``over`` wins)."""
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def with_demo_budget(config: dict, demo_file) -> dict:
+    """The config of a run: for the demo cohort (``cohort.source`` ``demo``, the schema's default) the demo's
+    CPU budget ``demo_file`` (``config/demo.yaml``) under the user's ``config``; any other cohort: ``config``
+    unchanged (the schema's defaults fill the rest when the workflow validates it)."""
+    source = (config.get("cohort") or {}).get("source", default("cohort.source"))
+    if source != "demo":
+        return dict(config)
+    with open(demo_file) as f:
+        budget = yaml.safe_load(f) or {}
+    return _merged(budget, config)

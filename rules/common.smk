@@ -7,8 +7,11 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from qs.cohort import check_config_paths, cohort_tables
+import pandas as pd
+
+from qs.cohort import check_config_paths, cohort_tables, ordered_pairs
 from qs.io import QsInputError
+from qs.reuse import atlas_identity, check_model_fits, trained_on
 from qs.settings import group_args
 from qs.validate import config_error
 
@@ -46,17 +49,19 @@ def cohort_settings():
         mode=p["mode"],
         max_train_pairs=p["max_train_pairs"],
         max_test_pairs=p["max_test_pairs"],
+        train_pairs_optional=bool(config["models"]["prediction"]),  # reused models need no training pairs
     )
 
 
 def cohort_args():
-    """``qs cohort-tables``' arguments: :func:`cohort_settings` as flags (empty paths left out: ``:q`` drops '')."""
+    """``qs cohort-tables``' arguments: :func:`cohort_settings` as flags (empty paths and False left out, True: the
+    flag alone)."""
     flags = []
     for key, value in cohort_settings().items():
-        if value == "":
+        if value == "" or value is False:
             continue
         flag = "--" + {"demo_subjects_n": "demo_subjects"}.get(key, key).replace("_", "-")
-        flags += [flag, *value] if isinstance(value, list) else [flag, value]
+        flags += [flag, *value] if isinstance(value, list) else [flag] if value is True else [flag, value]
     return flags
 
 
@@ -91,6 +96,49 @@ if config["train"]["target_contrast"] == "T2" and not HAS_T2:
     sys.exit(
         "qs: error: config: train.target_contrast is T2 (multimodal) but the cohort has no t2 image for every subject"
     )
+
+
+MODELS = {kind: config["models"][kind] for kind in ("prediction", "correction")}
+REUSE = bool(MODELS["prediction"])  # models of an earlier run: no LDDMM on training pairs, no training
+REGISTER = config["register"]
+USES_CORRECTION = bool(MODELS["correction"]) if REUSE else config["train"]["correction"]
+
+
+def check_models():
+    """Refuse, before any job, models.* that do not fit this config (qs.reuse.check_model_fits); returns the
+    one-line description of the run that trained each given model."""
+    if MODELS["correction"] and not REUSE:
+        raise QsInputError("config: models.correction is set but models.prediction is empty; give both models")
+    if REUSE and config["train"]["correction"] and not MODELS["correction"]:
+        raise QsInputError(
+            "config: models.prediction is set and train.correction is true, but models.correction "
+            "is empty; give the correction model too, or set train.correction: false"
+        )
+    if REGISTER["pairs"] != "none" and REGISTER["method"] == "predict+correct" and not USES_CORRECTION:
+        raise QsInputError(
+            "config: register.method is predict+correct but this run has no correction network "
+            "(train.correction: false); use register.method: predict"
+        )
+    return {kind: trained_on(check_model_fits(path, kind, config)) for kind, path in MODELS.items() if path}
+
+
+try:
+    MODEL_ORIGIN = check_models()
+except QsInputError as exc:
+    sys.exit(f"qs: error: {exc}")
+
+
+def model_file(kind):
+    """The ``kind`` (prediction, correction) model this run uses: ``models.<kind>`` or the one it trains."""
+    return os.path.abspath(MODELS[kind]) if MODELS[kind] else f"{R}/models/{kind}/model.safetensors"
+
+
+def cohort_description():
+    """What the models of this run are trained on, as recorded in them (``qs train --cohort``)."""
+    c = config["cohort"]
+    if c["source"] == "demo":
+        return f"demo ({c['demo']['subjects']} subjects at {c['demo']['spacing']} mm, seed {config['seed']})"
+    return f"{c['source']} {os.path.abspath(c[c['source']])}"
 
 
 def resources_of(stage):
@@ -237,6 +285,13 @@ def train_args(kind):
         "--modality",
         modality,
         *lddmm_args(),
+        *group_args(config, "preprocess"),
+        "--atlas",
+        atlas_identity(config),
+        "--cohort",
+        cohort_description(),
+        "--run",
+        os.path.abspath(R),
     ]
 
 
@@ -256,7 +311,7 @@ def registration_outputs(folder):
 def predicted_methods():
     """Folder names of the predicted methods this config runs, in report order."""
     methods = ["predict"]
-    if config["train"]["correction"]:
+    if USES_CORRECTION:
         methods.append("predict-correct")
     if config["predict"]["samples"] > 1 and config["train"]["dropout"] > 0:
         methods.append("predict-mc")
@@ -308,11 +363,52 @@ def report_example():
     return out
 
 
+def registration_table():
+    """The ``register`` block's pairs (columns pair, moving, target; index pair): none, the atlas to every
+    subject, or ordered pairs of subjects of the whole cohort (a seeded sample of ``register.max_pairs``)."""
+    mode = REGISTER["pairs"]
+    if mode == "atlas-to-image":
+        combos = [("atlas", s) for s in SUBJECTS]
+    elif mode == "image-to-image":
+        combos = ordered_pairs(sorted(SUBJECTS), REGISTER["max_pairs"], [config["seed"], 2])
+    else:
+        combos = []
+    table = pd.DataFrame(combos, columns=["moving", "target"])
+    table.insert(0, "pair", [f"{m}_to_{t}" for m, t in combos])
+    return table.set_index("pair", drop=False)
+
+
+registrations = registration_table()
+
+
+def registration_input(role, kind):
+    """Input function of the ``register`` rule: the ``role`` (moving/target) image's file of ``kind``: ``grid``
+    (on the working grid, what the networks see), ``affine`` (its pre-processing affine; none for the atlas),
+    ``image`` (its own T1, the outputs' space), ``labels`` (its own labels; [] when it has none)."""
+
+    def get(w):
+        name = registrations.loc[w.registration, role]
+        contrast = TARGET_CONTRAST if role == "target" else "T1w"
+        if name == "atlas":
+            labels = [f"{R}/atlas/atlas_labels.nii.gz"] if atlas_source("labels") else []
+            return {"grid": image_of(name, contrast), "affine": [], "image": image_of(name), "labels": labels}[kind]
+        labels = [subjects.loc[name, "labels"]] if HAS_LABELS else []
+        return {
+            "grid": image_of(name, contrast),
+            "affine": [preprocessed(name, "affine.mat")],
+            "image": subjects.loc[name, "t1"],
+            "labels": labels,
+        }[kind]
+
+    return get
+
+
 def get_final_output():
     """Targets of the default target: everything the implemented stages produce."""
     out = [f"{R}/cohort/subjects.tsv", f"{R}/cohort/pairs.tsv"]
     out += [preprocessed(s, "T1w.nii.gz") for s in SUBJECTS]
-    out += [f"{R}/lddmm/{p}/summary.json" for p in PAIRS]
+    out += [f"{R}/lddmm/{p}/summary.json" for p in (TEST_PAIRS if REUSE else PAIRS)]
+    out += [f"{R}/registrations/{p}/summary.json" for p in registrations.index]
     out += [f"{R}/report/{name}" for name in REPORT_FILES]
     out += [f"{R}/provenance/provenance.json"]
     return out

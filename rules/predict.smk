@@ -3,8 +3,8 @@
 
 rule predict:
     input:
-        model=f"{R}/models/prediction/model.safetensors",
-        correction=lambda w: [f"{R}/models/correction/model.safetensors"] if w.method == "predict-correct" else [],
+        model=model_file("prediction"),
+        correction=lambda w: [model_file("correction")] if w.method == "predict-correct" else [],
         moving=pair_image("moving"),
         target=pair_image("target", TARGET_CONTRAST),
         labels=pair_labels("moving"),
@@ -41,7 +41,7 @@ rule predict:
 
 rule predict_mc:
     input:
-        model=f"{R}/models/prediction/model.safetensors",
+        model=model_file("prediction"),
         moving=pair_image("moving"),
         target=pair_image("target", TARGET_CONTRAST),
         labels=pair_labels("moving"),

@@ -7,7 +7,7 @@ rule report:
         losses=[
             f"{R}/models/{m}/loss.tsv"
             for m in ("prediction", "correction")
-            if m == "prediction" or config["train"]["correction"]
+            if not REUSE and (m == "prediction" or USES_CORRECTION)
         ],
         example=lambda w: [v for k, v in report_example().items() if k != "pair"],
         provenance=rules.provenance.output,
@@ -35,7 +35,9 @@ rule report:
         ],
         example=lambda w: [a for k, v in report_example().items() for a in ("--example", f"{k}={v}")],
         provenance=lambda w, input: os.path.dirname(input.provenance[0]),
+        # which cohort and run trained the models (models.*: from their metadata)
+        models=[a for kind, origin in MODEL_ORIGIN.items() for a in ("--provenance", f"{kind} model={origin}")],
         field=config["train"]["field"],
         out=lambda w, output: os.path.dirname(output.overlap),
     shell:
-        "qs report {params.pair_dirs:q} {params.losses:q} {params.example:q} --provenance-dir {params.provenance:q} --field {params.field:q} --out {params.out:q} > {log:q} 2>&1"
+        "qs report {params.pair_dirs:q} {params.losses:q} {params.example:q} --provenance-dir {params.provenance:q} {params.models:q} --field {params.field:q} --out {params.out:q} > {log:q} 2>&1"

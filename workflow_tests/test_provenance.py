@@ -31,7 +31,7 @@ from qs.provenance import (
 
 @pytest.fixture
 def config():
-    return yaml.safe_load((ROOT / "config.yaml").read_text()) | {"seed": 7}
+    return yaml.safe_load((ROOT / "config" / "demo.yaml").read_text()) | {"seed": 7}
 
 
 def test_writer_records_config_versions_device_and_seed(tmp_path, config):
@@ -213,6 +213,6 @@ def test_provenance_of_the_folder_is_real(done):
     tiny = yaml.safe_load(TINY.read_text())
     assert prov["config"]["lddmm"]["iterations"] == tiny["lddmm"]["iterations"]
     assert prov["config"]["lddmm"]["resources"]["threads"] == tiny["lddmm"]["resources"]["threads"]
-    base = yaml.safe_load((ROOT / "config.yaml").read_text())
-    assert prov["config"]["lddmm"]["alpha"] == base["lddmm"]["alpha"]  # config.yaml's, under the tiny config
+    base = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    assert prov["config"]["lddmm"]["alpha"] == base["lddmm"]["alpha"]  # the demo budget (config/demo.yaml), under the tiny config
     assert prov["summary"]["workflow_dir"] == str(ROOT)

@@ -110,3 +110,44 @@ def test_the_cli_refuses_what_the_schema_refuses(argv, message):
 def test_help_states_the_schema_default_and_key():
     text = subparser("lddmm").format_help()
     assert "config lddmm.iterations; default 100" in re.sub(r"\s+", " ", text)
+
+
+# --- defaults without surprises: the demo's CPU budget reaches the demo cohort only ----------------------
+
+DEMO_FILE = ROOT / "config" / "demo.yaml"
+
+
+def test_the_demo_budget_applies_to_the_demo_under_the_users_settings():
+    cfg = settings.with_demo_budget({"lddmm": {"iterations": 7}}, DEMO_FILE)
+    assert cfg["lddmm"]["iterations"] == 7  # the user's value wins
+    assert cfg["lddmm"]["alpha"] == 0.08 != settings.default("lddmm.alpha")  # the rest of the demo's budget
+    assert cfg["train"]["architecture"] == "dilated-match"
+
+
+@pytest.mark.parametrize("source", ["sheet", "bids"])
+def test_another_cohort_gets_no_demo_setting(source):
+    user = {"cohort": {"source": source, source: "/data/x"}, "lddmm": {"iterations": 7}}
+    assert settings.with_demo_budget(user, DEMO_FILE) == user
+
+
+def _dry(cwd, sheet, *extra):
+    from conftest import snakemake
+
+    cfg = cwd / "cohort.yaml"
+    cfg.write_text(f"cohort: {{source: sheet, sheet: '{sheet}'}}\n" + "".join(extra))
+    return snakemake("-n", "-p", "--configfile", str(cfg), cwd=cwd)
+
+
+def test_a_sheet_cohort_plans_with_the_schemas_defaults(tmp_path, subject_files):
+    rows = ["subject\tt1\tlabels"]
+    for name in ("s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"):
+        files = subject_files(name)
+        rows.append(f"{name}\t{files['t1']}\t{files['labels']}")
+    (tmp_path / "subjects.tsv").write_text("\n".join(rows) + "\n")
+    run = _dry(tmp_path, tmp_path / "subjects.tsv")
+    assert run.returncode == 0, run.output[-2000:]
+    lddmm = next(ln for ln in run.output.splitlines() if "qs lddmm " in ln)
+    assert f"--iterations {settings.default('lddmm.iterations')} " in lddmm  # 100, not the demo's 40
+    assert f"--similarity {settings.default('lddmm.similarity')} " in lddmm
+    train = next(ln for ln in run.output.splitlines() if "qs train" in ln and "--kind prediction" in ln)
+    assert f"--architecture {settings.default('train.architecture')} " in train

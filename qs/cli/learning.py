@@ -24,7 +24,12 @@ def _train(args):
     meta = {
         "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps,
         "sigma": args.sigma, "spacing": [args.spacing] * 3, "modality": args.modality,
+        "normalize": args.normalize,
     }
+    if args.atlas:
+        meta["atlas"] = args.atlas
+    if args.cohort or args.run:
+        meta["trained_on"] = {"cohort": args.cohort, "results": args.run}
     model = train(
         args.patches, args.out, meta=meta, kind=args.kind, architecture=args.architecture,
         features=args.features, epochs=args.epochs,
@@ -52,6 +57,10 @@ def add_subcommands(sub) -> None:
                         "network from the prediction network's")
     add_group(p, "grid", skip=("grid.margin_mm",))  # the working spacing, recorded in the model
     p.add_argument("--modality", default="T1->T1", help="moving->target contrasts, e.g. T1->T2 (recorded in the model)")
+    add_group(p, "preprocess")  # the intensity normalisation of the patches' images, recorded in the model
+    p.add_argument("--atlas", default="", help="identity of the atlas the working grid is built from (recorded)")
+    p.add_argument("--cohort", default="", help="the cohort the patches come from (recorded in the model)")
+    p.add_argument("--run", default="", help="the results folder of the training run (recorded in the model)")
     add_group(p, "seed")
     p.add_argument("--resume", default="auto", choices=["auto", "require", "never"],
                    help="OUT/checkpoint.pt of the same data and settings is continued (the log says so); one of "
