@@ -1,5 +1,6 @@
 """Subject sheets, BIDS discovery, splits and pairs."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -142,3 +143,42 @@ def test_demo_table_paths_and_splits():
     assert list(t["subject"]) == [f"sub-0{i}" for i in range(1, 9)]
     assert t.loc[0, "t1"] == "results/demo/sub-01/sub-01_T1w.nii.gz"
     assert (t["split"] == "test").sum() == 2
+
+
+def _enumerated(subjects, limit, seed):
+    """The pairs the way they were drawn before :func:`qs.cohort.ordered_pairs`: all enumerated, then sampled."""
+    from itertools import permutations
+
+    combos = list(permutations(subjects, 2))
+    if limit and len(combos) > limit:
+        keep = np.random.default_rng(seed).choice(len(combos), size=limit, replace=False)
+        combos = [combos[k] for k in sorted(keep)]
+    return combos
+
+
+@pytest.mark.parametrize("n, limit, seed", [(2, 0, 0), (3, 4, [0, 1]), (5, 7, [3, 0]), (17, 40, 7), (40, 1, [1, 1]),
+                                            (40, 2000, 0)])
+def test_ordered_pairs_draws_the_same_pairs_without_enumerating(n, limit, seed):
+    from qs.cohort import ordered_pairs
+
+    subjects = [f"s{k:02d}" for k in range(n)]
+    assert ordered_pairs(subjects, limit, seed) == _enumerated(subjects, limit, seed)
+
+
+def test_ordered_pairs_of_a_large_cohort():
+    from qs.cohort import ordered_pairs
+
+    subjects = [f"s{k:05d}" for k in range(20_000)]  # 4 x 10^8 ordered pairs: never listed
+    pairs = ordered_pairs(subjects, 100, [0, 2])
+    assert len(set(pairs)) == 100 and all(a != b for a, b in pairs)
+    assert pairs == ordered_pairs(subjects, 100, [0, 2]) != ordered_pairs(subjects, 100, [1, 2])
+
+
+def test_a_run_with_reused_models_needs_no_training_pairs():
+    table = pd.DataFrame({"subject": ["a", "b", "c"], "split": ["test", "test", "test"]})
+    with pytest.raises(QsInputError, match="no train pairs"):
+        make_pairs(table, mode="image-to-image", seed=0)
+    pairs = make_pairs(table, mode="image-to-image", seed=0, train_pairs_optional=True)
+    assert set(pairs["split"]) == {"test"} and len(pairs) == 6
+    with pytest.raises(QsInputError, match="no test pairs"):  # the reference pairs stay required
+        make_pairs(table.assign(split="train"), mode="image-to-image", seed=0, train_pairs_optional=True)

@@ -507,6 +507,23 @@ def test_register_raw_images(trained, tmp_path, cli):
     assert js["spacing"] == [4.0] * 3 and (work / "predict" / "m0.nii.gz").exists()
     assert js["prediction"]["corrections"] == 2 and js["prediction"]["stride"] == 13
     assert js["prediction"]["correction_stride"] == 11
+    assert js["normalize"] == "percentile"  # the model records none: the default
+
+
+def test_register_normalizes_as_the_model_was_trained(trained, tmp_path):
+    """``qs register`` without --normalize takes the normalization the model records (``normalize``)."""
+    from qs.model_io import load_model
+    from qs.register import run_register
+
+    model, meta = load_model(trained["random4"])
+    maxed = save_model(model, {**meta, "normalize": "max"}, tmp_path / "max.safetensors")
+    demo = trained["demo"]
+    js = run_register(demo / "sub-01" / "sub-01_T1w.nii.gz", demo / "sub-02" / "sub-02_T1w.nii.gz", maxed,
+                      tmp_path / "reg" / "s1_to_s2", device="cpu")
+    assert js["normalize"] == "max"
+    pre = np.asarray(nib.load(str(tmp_path / "reg" / "s1_to_s2_atlas" / "moving_T1w.nii.gz")).dataobj)
+    # max normalization: the brightest voxel is 1 (percentile clips the top 0.5% of the brain to 1: ~100 voxels)
+    assert pre.max() == pytest.approx(1.0) and (pre > 1 - 1e-6).sum() <= 3
 
 
 def test_register_refuses_an_atlas_of_another_spacing(trained, tmp_path):

@@ -242,3 +242,16 @@ def test_trained_models_record_what_a_reuse_needs(tiny_run):
         assert meta["normalize"] == "percentile" and meta["atlas"] == "builtin MNI ICBM152 2009a, margin 4.0 mm"
         assert meta["trained_on"]["cohort"] == "demo (4 subjects at 4.0 mm, seed 0)"
         assert meta["trained_on"]["results"].endswith(TINY_RESULTS)
+
+
+def test_image_to_image_registrations_are_a_seeded_sample_of_the_whole_cohort(tiny_run, tmp_path):
+    models = _models(tiny_run)
+    args = _config(tmp_path, models, register={"pairs": "image-to-image", "max_pairs": 5, "method": "predict"})
+    run = snakemake("-n", "-p", *args, cwd=tmp_path)
+    assert run.returncode == 0, run.output[-2000:]
+    assert planned_jobs(run.output)["register"] == 5  # of 4 x 3 ordered pairs, train and test subjects alike
+    commands = [ln for ln in run.output.splitlines() if "qs register-pair" in ln]
+    assert len(commands) == 5 and not any("--inverse" in c or "--correct" in c for c in commands)
+    again = snakemake("-n", *args, cwd=tmp_path)
+    assert sorted(ln for ln in again.output.splitlines() if "registrations/" in ln and "summary.json" in ln) == \
+        sorted(ln for ln in run.output.splitlines() if "registrations/" in ln and "summary.json" in ln)
