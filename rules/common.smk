@@ -288,11 +288,13 @@ def train_args(kind):
         *group_args(config, "preprocess"),
         "--atlas",
         atlas_identity(config),
-        "--cohort",
-        cohort_description(),
-        "--run",
-        os.path.abspath(R),
     ]
+
+
+def trained_on_args(wildcards, output):
+    """``qs train``'s record of the cohort and run (absolute paths): a function of the output, which Snakemake
+    does not count among the params that trigger a rerun, so that a moved project folder trains nothing again."""
+    return ["--cohort", cohort_description(), "--run", os.path.abspath(R)]
 
 
 def registration_outputs(folder):

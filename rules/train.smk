@@ -53,9 +53,10 @@ rule train_prediction:
         **job_resources("train"),
     params:
         args=train_args("prediction"),
+        trained_on=trained_on_args,
         out=lambda w, output: os.path.dirname(output.model),
     shell:
-        "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind prediction {params.args:q} --out {params.out:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind prediction {params.args:q} {params.trained_on:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule correction_patches:
@@ -116,8 +117,9 @@ rule train_correction:
         **job_resources("train"),
     params:
         args=train_args("correction"),
+        trained_on=trained_on_args,
         init=lambda w, input: ["--init", input.init[0]] if input.init else [],
         correction_init=config["train"]["correction_init"],  # the key itself: init is a function of the input
         out=lambda w, output: os.path.dirname(output.model),
     shell:
-        "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind correction {params.args:q} {params.init:q} --out {params.out:q} > {log:q} 2>&1"
+        "OMP_NUM_THREADS={threads} qs train {input.patches:q} --kind correction {params.args:q} {params.trained_on:q} {params.init:q} --out {params.out:q} > {log:q} 2>&1"

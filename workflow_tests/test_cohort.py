@@ -157,7 +157,9 @@ def _enumerated(subjects, limit, seed):
 
 
 @pytest.mark.parametrize("n, limit, seed", [(2, 0, 0), (3, 4, [0, 1]), (5, 7, [3, 0]), (17, 40, 7), (40, 1, [1, 1]),
-                                            (40, 2000, 0)])
+                                            (40, 2000, 0), (1, 5, 0), (0, 5, 0), (5, 19, 2), (5, 20, 2),
+                                            # over 10,000 pairs: numpy draws a small sample by a set, a large by shuffling
+                                            (120, 100, [0, 1]), (120, 5000, [4, 0])])
 def test_ordered_pairs_draws_the_same_pairs_without_enumerating(n, limit, seed):
     from qs.cohort import ordered_pairs
 
@@ -182,3 +184,23 @@ def test_a_run_with_reused_models_needs_no_training_pairs():
     assert set(pairs["split"]) == {"test"} and len(pairs) == 6
     with pytest.raises(QsInputError, match="no test pairs"):  # the reference pairs stay required
         make_pairs(table.assign(split="train"), mode="image-to-image", seed=0, train_pairs_optional=True)
+
+
+def test_make_pairs_draws_the_pairs_it_drew_when_it_enumerated_them():
+    """make_pairs' image-to-image pairs, per split and seed, equal those of the code that listed every pair first."""
+    from itertools import permutations
+
+    def enumerated(table, seed, limits):
+        rows = []
+        for index, split in enumerate(("train", "test")):
+            combos = list(permutations(sorted(table.loc[table["split"] == split, "subject"]), 2))
+            if limits[index] and len(combos) > limits[index]:
+                keep = np.random.default_rng([seed, index]).choice(len(combos), size=limits[index], replace=False)
+                combos = [combos[k] for k in sorted(keep)]
+            rows += [{"pair": f"{m}_to_{t}", "moving": m, "target": t, "split": split} for m, t in combos]
+        return pd.DataFrame(rows, columns=["pair", "moving", "target", "split"])
+
+    table = assign_splits(_table(150), test_fraction=0.25, seed=0)  # 112 train subjects: 12,432 pairs
+    for seed, limits in ((0, (0, 0)), (1, (8, 2)), (2, (200, 50)), (3, (7000, 3000))):
+        pairs = make_pairs(table, mode="image-to-image", seed=seed, max_train_pairs=limits[0], max_test_pairs=limits[1])
+        assert pairs.equals(enumerated(table, seed, limits))
