@@ -40,10 +40,13 @@ onstart:
 include: "rules/common.smk"
 
 
+# Patterns, not lists of the cohort's names: Snakemake writes a constraint into every output pattern and scans
+# it on every job's file names (a list of 10,000 subjects took ~45% of planning; docs/scale.md). Subject ids are
+# validated to this pattern (qs.cohort), and the input functions look names up in the cohort's tables.
 wildcard_constraints:
-    subject="|".join(SUBJECTS),
-    pair="|".join(pairs.index),
-    registration="[A-Za-z0-9][A-Za-z0-9_-]*_to_[A-Za-z0-9][A-Za-z0-9_-]*",
+    subject=SUBJECT_ID,
+    pair=f"{SUBJECT_ID}_to_{SUBJECT_ID}",
+    registration=f"{SUBJECT_ID}_to_{SUBJECT_ID}",
 
 
 include: "rules/data.smk"

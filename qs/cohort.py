@@ -20,7 +20,9 @@ from .io import QsInputError
 COLUMNS = ["subject", "t1", "t2", "labels", "split"]
 SPLITS = ("train", "test")
 ATLAS = "atlas"
-_SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+#: what a subject id may be (the workflow's ``{subject}`` wildcard pattern)
+SUBJECT_PATTERN = "[A-Za-z0-9][A-Za-z0-9_-]*"
+_SUBJECT_ID = re.compile(f"^{SUBJECT_PATTERN}$")
 
 
 def read_sheet(path) -> pd.DataFrame:

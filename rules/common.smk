@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 import pandas as pd
 
+from qs.cohort import SUBJECT_PATTERN as SUBJECT_ID
 from qs.cohort import check_config_paths, cohort_tables, ordered_pairs
 from qs.io import QsInputError
 from qs.reuse import atlas_identity, check_model_fits, trained_on
