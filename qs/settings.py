@@ -48,6 +48,9 @@ GROUPS: dict[str, dict[str, str]] = {
             "evaluate.syn_iterations": "--iterations"},
 }
 
+#: what names the atlas in a model file (qs.reuse.atlas_identity; ``qs train --atlas``)
+ATLAS_IDENTITY = ("grid.margin_mm", "atlas.source", "atlas.t1")
+
 #: workflow rule -> (groups, other config keys) its params carry. Rules missing here read no config key
 #: directly; choices such as the atlas files, the cohort, the compared methods reach them through their
 #: input files, whose change reruns them too. ``*``: every setting.
@@ -58,10 +61,11 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "preprocess": (("seed", "preprocess"), ()),
     "lddmm": (("seed", "kernel", "lddmm"), ()),
     "patches": (("patches", "kernel"), ()),
-    "train_prediction": (("seed", "kernel", "network"), ("grid.spacing", "train.target_contrast")),
+    "train_prediction": (("seed", "kernel", "network", "preprocess"),
+                         ("grid.spacing", "train.target_contrast", *ATLAS_IDENTITY)),
     "correction_patches": (("patches", "kernel"), ("train.device", "predict.stride", "predict.mirror_axes")),
-    "train_correction": (("seed", "kernel", "network"),
-                         ("grid.spacing", "train.target_contrast", "train.correction_init")),
+    "train_correction": (("seed", "kernel", "network", "preprocess"),
+                         ("grid.spacing", "train.target_contrast", "train.correction_init", *ATLAS_IDENTITY)),
     "predict": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                                      "predict.corrections", "predict.correction_stride")),
     "register": (("seed",), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
