@@ -7,7 +7,7 @@ any orientation) ``qs register`` therefore:
 1. takes the atlas on the model's working grid: the built-in MNI ICBM152
    2009a template (:func:`qs.atlas.write_atlas`) resampled by
    :func:`qs.preprocess.build_atlas_grid` at the model's spacing (margin
-   ``--margin``, default 8 mm as in ``config.yaml``), or the user's
+   ``--margin``, default 8 mm as in ``config/demo.yaml``), or the user's
    ``--atlas``/``--atlas-mask`` (already on the working grid, its spacing
    must be the model's);
 2. pre-processes each image exactly as the workflow does
