@@ -94,7 +94,7 @@ def transform_list(transforms_txt) -> list[str]:
     return [str((path.parent / ln).resolve()) for ln in lines if ln and not ln.startswith("#")]
 
 
-def _write_mat(matrix_lps: np.ndarray, path) -> Path:
+def write_mat(matrix_lps: np.ndarray, path) -> Path:
     """An ITK affine ``.mat`` (double) for a 4x4 LPS matrix (fixed point -> moving point)."""
     import ants
 
@@ -266,7 +266,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     check_finite([("the affine transform", aff_lps, "the affine registrations (preprocess) diverged"),
                   ("the displacement to the target", w, why), ("the warped image", warped, why)], prefix)
     outputs = {
-        "affine": _write_mat(aff_lps, _prefix_path(prefix, "_affine.mat")),
+        "affine": write_mat(aff_lps, _prefix_path(prefix, "_affine.mat")),
         "warp": write_ants_displacement(w, tgt_img.affine, _prefix_path(prefix, "_warp.nii.gz")),
         "warped": save_array(warped, tgt_img.affine, _prefix_path(prefix, "_warped.nii.gz")),
     }

@@ -50,7 +50,7 @@ from .io import (
     write_json,
     write_text,
 )
-from .register import _write_mat, compose_to_target
+from .register import compose_to_target, write_mat
 from .transforms import write_ants_displacement
 
 
@@ -81,7 +81,7 @@ def _carry(out: Path, prefix: str, field_file: Path, fixed_mat: Path, moving_mat
     check_finite([("the affine transform", aff_lps, "the affine registrations (preprocess) diverged"),
                   ("the displacement", w, why), ("the warped image", warped, why)], out / f"{prefix}warp.nii.gz")
     files = {
-        f"{prefix}affine": _write_mat(aff_lps, out / f"{prefix}affine.mat"),
+        f"{prefix}affine": write_mat(aff_lps, out / f"{prefix}affine.mat"),
         f"{prefix}warp": write_ants_displacement(w, fixed_img.affine, out / f"{prefix}warp.nii.gz"),
         f"{prefix}warped": save_array(warped, fixed_img.affine, out / f"{prefix}warped.nii.gz"),
     }
@@ -113,7 +113,7 @@ def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, m
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".work-") as tmp:
         work = Path(tmp)
-        identity = _write_mat(np.eye(4), work / "identity.mat")
+        identity = write_mat(np.eye(4), work / "identity.mat")
         a_m = Path(moving_affine) if moving_affine else identity
         a_t = Path(target_affine) if target_affine else identity
         pred = run_predict(model, moving_grid, target_grid, work / "predict", correction_model=correction_model,

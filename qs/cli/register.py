@@ -35,19 +35,24 @@ def _register_pair(args):
     print(json.dumps({k: summary[k] for k in ("seconds_total", "device", "detj_min", "outputs")}))
 
 
+def _add_model_args(p) -> None:
+    """The models and how they predict: the flags ``qs register`` and ``qs register-pair`` share."""
+    p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")
+    p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path, metavar="CORRECTION_MODEL",
+                   help="correction model (predict+correct)")
+    p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct (paper: 1)")
+    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
+    p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
+    add_mirror_axes(p)
+
+
 def add_subcommands(sub) -> None:
     """Add ``qs register`` to the ``qs`` parser's subparsers."""
     p = sub.add_parser("register", help="register two raw images with a trained model (affine + predicted deformation, ANTs-compatible)")
     p.add_argument("moving", type=Path, help="raw moving image (any grid and orientation)")
     p.add_argument("target", type=Path, help="raw target image")
-    p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")
+    _add_model_args(p)
     p.add_argument("--out", required=True, help="output prefix, e.g. out/sub1_to_sub2")
-    p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path, metavar="CORRECTION_MODEL",
-                   help="correction model")
-    p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct (paper: 1)")
-    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
-    p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
-    add_mirror_axes(p)
     p.add_argument("--atlas", type=Path, help="atlas T1 on the model's working grid (default: built-in MNI at the model's spacing)")
     p.add_argument("--atlas-mask", type=Path, help="brain mask of --atlas")
     p.add_argument("--labels", type=Path, help="label image of the raw moving image (warped with nearest neighbour)")
@@ -63,13 +68,7 @@ def add_subcommands(sub) -> None:
 
     p = sub.add_parser("register-pair", help="one registration of the workflow's register block (pre-processed "
                                              "images in, outputs in the images' own spaces)")
-    p.add_argument("--model", required=True, type=Path, help="prediction model (model.safetensors)")
-    p.add_argument("--correct", "--correction-model", dest="correction_model", type=Path, metavar="CORRECTION_MODEL",
-                   help="correction model (predict+correct)")
-    p.add_argument("--corrections", type=int, default=1, help="rounds of correction with --correct")
-    p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
-    p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
-    add_mirror_axes(p)
+    _add_model_args(p)
     p.add_argument("--moving-grid", required=True, type=Path, help="the pre-processed moving image (working grid)")
     p.add_argument("--target-grid", required=True, type=Path, help="the pre-processed target image (working grid)")
     p.add_argument("--moving", required=True, type=Path, help="the moving image in its own space (outputs' source)")
