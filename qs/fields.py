@@ -1,10 +1,14 @@
-"""The field a network predicts (the LDDMM initial momentum ``m0`` or the initial velocity ``v0 = K m0``) and the model's LDDMM.
+"""The field a network predicts (the LDDMM initial momentum ``m0``, the initial velocity ``v0 = K m0`` or the
+deformation itself) and the model's LDDMM.
 
 Quicksilver (Yang et al. 2017, Table 2) predicts the momentum (its best
 variant) and compares predicting the velocity (``D, velocity``): both fix
-the same geodesic, so the transform is shot the same way. ``train.field``
-(``qs patches --field``, recorded in the patch sidecars and in the model as
-``field``; models without it predict the momentum) chooses.
+the same geodesic, so the transform is shot the same way. Its third variant
+(``D, deformation``) predicts the displacement of ``phi_1^{-1}`` directly
+(mm): no shooting, so nothing keeps ``det J > 0`` (the paper: folds on 44% and
+100% of its test pairs). ``train.field`` (``qs patches --field``, recorded in
+the patch sidecars and in the model as ``field``; models without it predict
+the momentum) chooses.
 
 Conventions: fields are ``(3, I, J, K)`` on the image grid, component ``c``
 along voxel axis ``c``. ``K`` is the run's fluid kernel
@@ -16,6 +20,9 @@ zero outside the image; spacing in mm. The velocity is in mm per unit time
 momentum is in the LDDMM's momentum units. ``L = K^{-1}`` is applied exactly
 in the Fourier domain, so ``to_field`` is exact and ``to_momentum(to_field(m,
 "velocity"), cutoff_mm=None)`` gives ``m`` back up to float rounding (tested).
+The deformation of a momentum (:func:`to_field` with ``"deformation"``) is
+the displacement of ``phi_1^{-1}`` that :func:`model_shooter` shoots from it
+(mm, on the image grid): exactly what ``qs lddmm`` writes as its warp.
 A model's kernel and its geodesic shooting are built here, from its
 metadata, by :func:`model_kernel` and :func:`model_shooter`.
 
@@ -41,19 +48,28 @@ import torch
 
 from .lddmm import DEFAULTS, FluidKernel, Shooter, padded_shape, zero_pad
 
-FIELDS = ("momentum", "velocity")
+FIELDS = ("momentum", "velocity", "deformation")
+#: fields from which the transform is shot (a geodesic: diffeomorphic); a deformation is used as it is
+SHOT_FIELDS = ("momentum", "velocity")
 #: wavelength (mm) where :func:`lowpass_velocity` halves a predicted velocity's spectrum
 VELOCITY_CUTOFF_MM = 12.0
 #: patch channel names of each field (after ``moving, target``)
-FIELD_CHANNELS = {"momentum": ("m0_i", "m0_j", "m0_k"), "velocity": ("v0_i", "v0_j", "v0_k")}
+FIELD_CHANNELS = {"momentum": ("m0_i", "m0_j", "m0_k"), "velocity": ("v0_i", "v0_j", "v0_k"),
+                  "deformation": ("u_i", "u_j", "u_k")}
 #: axis label of a loss plot: the L1 of each field in its units
-ERROR_LABEL = {"momentum": "mean |m0 error| (momentum units)", "velocity": "mean |v0 error| (mm)"}
+ERROR_LABEL = {"momentum": "mean |m0 error| (momentum units)", "velocity": "mean |v0 error| (mm)",
+               "deformation": "mean |u error| (mm)"}
 
 
 def check_field(field: str) -> str:
     if field not in FIELDS:
         raise ValueError(f"field must be one of {FIELDS}, got {field!r}")
     return field
+
+
+def is_shot(field: str) -> bool:
+    """Whether the transform of a ``field`` is shot from a momentum (momentum, velocity) or is the field itself."""
+    return check_field(field) in SHOT_FIELDS
 
 
 def field_of(meta: dict) -> str:
@@ -108,9 +124,15 @@ def _on_periodic_grid(x: torch.Tensor, spacing, meta: dict, operator) -> torch.T
 
 
 def to_field(m0: torch.Tensor, field: str, spacing, meta: dict) -> torch.Tensor:
-    """The ``field`` of momentum ``m0``: ``m0`` itself or ``v0 = K m0``."""
+    """The ``field`` of momentum ``m0``: ``m0`` itself, ``v0 = K m0`` or the displacement of ``phi_1^{-1}`` (mm)
+    shot from it with ``meta``'s kernel and time steps (:func:`model_shooter`)."""
     if check_field(field) == "momentum":
         return m0
+    if field == "deformation":
+        m0 = torch.as_tensor(m0)
+        shooter = model_shooter(meta, tuple(m0.shape[1:]), spacing, device=m0.device)
+        with torch.no_grad():
+            return shooter.shoot(m0.to(torch.float32)).u1.to(m0.dtype)
     return _on_periodic_grid(m0, spacing, meta, lambda kernel, m: kernel.apply(m))
 
 
@@ -126,9 +148,12 @@ def to_momentum(y: torch.Tensor, field: str, spacing, meta: dict, cutoff_mm="mod
 
     ``cutoff_mm``: ``"model"`` = the model's ``velocity_cutoff_mm`` (default
     :data:`VELOCITY_CUTOFF_MM`), a number, or ``None`` (no filter: ``L y`` exactly).
+    A deformation has no momentum (``ValueError``): its transform is the field itself.
     """
     if check_field(field) == "momentum":
         return y
+    if field == "deformation":
+        raise ValueError("to_momentum: a predicted deformation has no momentum (it is not shot)")
     if cutoff_mm == "model":
         cutoff_mm = float(meta.get("velocity_cutoff_mm", VELOCITY_CUTOFF_MM))
     if cutoff_mm is not None:

@@ -39,17 +39,15 @@ from .transforms import write_ants_displacement
 def write_registration(out_dir, affine, spacing, m0, phiinv, warped, *, labels=None) -> dict:
     """Write a registration's files on the target grid (``affine``); shared by ``qs lddmm`` and ``qs predict``.
 
-    ``m0.nii.gz`` (I, J, K, 3), ``warp.nii.gz`` (ANTs displacement of ``phiinv``),
+    ``m0.nii.gz`` (I, J, K, 3; not when ``m0`` is None: a predicted deformation), ``warp.nii.gz`` (ANTs displacement of ``phiinv``),
     ``warped.nii.gz`` and, with ``labels`` (a label image on the grid),
     ``warped_labels.nii.gz`` (nearest neighbour, int32). Returns the paths.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    outputs = {
-        "m0": save_array(np.moveaxis(m0.numpy(), 0, -1), affine, out_dir / "m0.nii.gz"),
-        "warp": write_ants_displacement(phiinv.numpy(), affine, out_dir / "warp.nii.gz"),
-        "warped": save_array(warped.numpy(), affine, out_dir / "warped.nii.gz"),
-    }
+    outputs = {} if m0 is None else {"m0": save_array(np.moveaxis(m0.numpy(), 0, -1), affine, out_dir / "m0.nii.gz")}
+    outputs["warp"] = write_ants_displacement(phiinv.numpy(), affine, out_dir / "warp.nii.gz")
+    outputs["warped"] = save_array(warped.numpy(), affine, out_dir / "warped.nii.gz")
     if labels is not None:
         lab = torch.from_numpy(np.asarray(labels.dataobj, dtype=np.int32))
         outputs["warped_labels"] = save_array(warp_labels(lab, phiinv.double(), spacing).numpy().astype(np.int32),

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .io import (
+    QsInputError,
     check_finite,
     load_image,
     load_labels,
@@ -104,10 +105,14 @@ def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, m
     working grid); ``*_affine``: the pre-processing ANTs affines (atlas point -> image point), None for the
     atlas (the identity). ``*_labels``: label images on the grid of ``moving`` / ``target``.
     """
-    from .fields import model_shooter
+    from .fields import field_of, is_shot, model_shooter
     from .model_io import read_meta
     from .predict.files import run_predict
 
+    if not is_shot(field_of(read_meta(model))):
+        raise QsInputError(f"{model}: a model of field deformation predicts the displacement itself, which may "
+                           "fold; the registrations need a shot (diffeomorphic) transform: use a momentum or "
+                           "velocity model")
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -103,6 +103,8 @@ MODELS = {kind: config["models"][kind] for kind in ("prediction", "correction")}
 REUSE = bool(MODELS["prediction"])  # models of an earlier run: no LDDMM on training pairs, no training
 REGISTER = config["register"]
 USES_CORRECTION = bool(MODELS["correction"]) if REUSE else config["train"]["correction"]
+#: whether the networks predict a momentum (momentum or velocity: shot) or the deformation itself (no m0 file)
+PREDICTS_MOMENTUM = config["train"]["field"] != "deformation"
 
 
 def check_models():
@@ -114,6 +116,16 @@ def check_models():
         raise QsInputError(
             "config: models.prediction is set and train.correction is true, but models.correction "
             "is empty; give the correction model too, or set train.correction: false"
+        )
+    if not PREDICTS_MOMENTUM and config["train"]["correction"]:
+        raise QsInputError(
+            "config: train.field is deformation (the network predicts the displacement itself) but "
+            "train.correction is true; a deformation has no correction network: set train.correction: false"
+        )
+    if not PREDICTS_MOMENTUM and REGISTER["pairs"] != "none":
+        raise QsInputError(
+            f"config: register.pairs is {REGISTER['pairs']} but train.field is deformation: the cohort's "
+            "registrations need a shot (diffeomorphic) transform; train a momentum or velocity model"
         )
     if REGISTER["pairs"] != "none" and REGISTER["method"] == "predict+correct" and not USES_CORRECTION:
         raise QsInputError(
@@ -298,10 +310,10 @@ def trained_on_args(wildcards, output):
     return ["--cohort", cohort_description(), "--run", os.path.abspath(R)]
 
 
-def registration_outputs(folder):
-    """Named outputs shared by LDDMM and the predicted registrations of ``{pair}``."""
-    out = {
-        "m0": f"{folder}/{{pair}}/m0.nii.gz",
+def registration_outputs(folder, momentum=True):
+    """Named outputs shared by LDDMM and the predicted registrations of ``{pair}`` (``m0`` with ``momentum``)."""
+    out = {"m0": f"{folder}/{{pair}}/m0.nii.gz"} if momentum else {}
+    out |= {
         "warp": f"{folder}/{{pair}}/warp.nii.gz",
         "warped": f"{folder}/{{pair}}/warped.nii.gz",
         "summary": f"{folder}/{{pair}}/summary.json",

@@ -9,7 +9,7 @@ rule predict:
         target=pair_image("target", TARGET_CONTRAST),
         labels=pair_labels("moving"),
     output:
-        **registration_outputs(f"{R}/predict/{{method}}"),
+        **registration_outputs(f"{R}/predict/{{method}}", momentum=PREDICTS_MOMENTUM),
     log:
         f"{LOGS}/predict/{{method}}/{{pair}}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule predict:
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
-        out=lambda w, output: os.path.dirname(output.m0),
+        out=lambda w, output: os.path.dirname(output.warp),
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} {params.correct:q} --moving {input.moving:q} "
         "--target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} {params.passes:q} {params.lddmm:q} "
@@ -46,7 +46,7 @@ rule predict_mc:
         target=pair_image("target", TARGET_CONTRAST),
         labels=pair_labels("moving"),
     output:
-        **registration_outputs(f"{R}/predict/predict-mc"),
+        **registration_outputs(f"{R}/predict/predict-mc", momentum=PREDICTS_MOMENTUM),
         uncertainty=f"{R}/predict/predict-mc/{{pair}}/uncertainty.nii.gz",
     log:
         f"{LOGS}/predict/predict-mc/{{pair}}.log",
@@ -65,7 +65,7 @@ rule predict_mc:
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
-        out=lambda w, output: os.path.dirname(output.m0),
+        out=lambda w, output: os.path.dirname(output.warp),
     shell:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} --samples {params.samples:q} "
         "--moving {input.moving:q} --target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} "

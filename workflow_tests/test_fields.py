@@ -1,4 +1,5 @@
-"""The field the networks learn (qs.fields): momentum m0 or velocity v0 = K m0, from patches to prediction."""
+"""The field the networks learn (qs.fields): momentum m0, velocity v0 = K m0 or the deformation, from patches to
+prediction."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def test_predicted_velocity_is_lowpassed_before_shooting():
 
 
 def test_unknown_fields_are_refused():
-    assert FIELDS == ("momentum", "velocity")
+    assert FIELDS == ("momentum", "velocity", "deformation")
     assert field_of({}) == "momentum" and field_of({"field": "velocity"}) == "velocity"
     with pytest.raises(ValueError, match="field must be one of"):
         field_of({"field": "displacement"})
@@ -174,3 +175,61 @@ def test_qs_patches_field_velocity(tmp_path):
     v = to_field(m, "velocity", SPACING, KERNEL)
     i, j, k = info["starts"][-1]
     assert np.allclose(np.load(out)[-1, 2:], v[:, i:i + 15, j:j + 15, k:k + 15].numpy(), atol=1e-7)
+
+
+def test_the_deformation_of_a_momentum_is_its_shot_displacement():
+    from qs.fields import model_shooter
+
+    m = _momentum() * 10
+    u = to_field(m, "deformation", SPACING, KERNEL)
+    expected = model_shooter(KERNEL, SHAPE, SPACING).shoot(m).u1
+    assert u.shape == m.shape and torch.allclose(u, expected)
+    assert 0.05 < float(u.abs().max()) < 5  # mm: a real, moderate deformation
+    with pytest.raises(ValueError, match="a predicted deformation has no momentum"):
+        to_momentum(u, "deformation", SPACING, KERNEL)
+
+
+def test_a_predicted_deformation_is_used_as_it_is_and_may_fold():
+    """The paper's deformation variant: the network's displacement is the transform (no shooting, no filter),
+    so nothing keeps det J > 0: a displacement that drops by 8 mm across two 2 mm voxels folds."""
+    from qs.predict.registration import predict_registration
+
+    a = np.zeros((40, *SHAPE[1:]), np.float32)
+    a[:16] = _images()[0][:16]
+    b = np.roll(a, 1, axis=0)
+    meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
+                field="deformation", kind="prediction")
+    c = (16.0, -0.2, 0.6)  # scaled displacement: u = c / 2 mm on every covered voxel
+    res = predict_registration(_Constant(c), meta, a, b, progress=False)
+    covered = np.zeros(a.shape, bool)
+    for i, j, k in prediction_starts(meta, a, b):
+        covered[i:i + 15, j:j + 15, k:k + 15] = True
+    assert covered.sum() < covered.size
+    assembled = torch.zeros((3, *a.shape))
+    for comp in range(3):
+        assembled[comp][torch.from_numpy(covered)] = c[comp] / 2
+    assert torch.equal(res.phiinv, assembled) and torch.equal(res.m_pred, assembled)
+    assert res.m0 is None and res.summary["field"] == "deformation" and res.summary["padded_shape"] is None
+    assert res.summary["detj_min"] < 0 < res.summary["detj_max"]  # folds where the 8 mm displacement ends
+    with pytest.raises(QsInputError, match="has no correction network"):
+        predict_registration(_Constant(c), meta, a, b, correction=(_Constant(c), meta), progress=False)
+
+
+def test_qs_patches_field_deformation(tmp_path):
+    a, b = _images()
+    m = _momentum() * 10
+    affine = np.diag([*SPACING, 1.0])
+    paths = {}
+    for name, data in (("mov", a), ("tgt", b), ("m0", np.moveaxis(m.numpy(), 0, -1))):
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, affine), str(paths[name]))
+    out = tmp_path / "u.npy"
+    rc = qs.cli.main(["patches", "--moving", str(paths["mov"]), "--target", str(paths["tgt"]), "--momentum",
+                      str(paths["m0"]), "--stride", "7", "--field", "deformation", "--alpha", "0.08", "--beta",
+                      "0.08", "--gamma", "0.001", "--time-steps", "5", "--out", str(out)])
+    assert rc == 0
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["field"] == "deformation" and info["channels"] == ["moving", "target", "u_i", "u_j", "u_k"]
+    u = to_field(m, "deformation", SPACING, KERNEL)
+    i, j, k = info["starts"][-1]
+    assert np.allclose(np.load(out)[-1, 2:], u[:, i:i + 15, j:j + 15, k:k + 15].numpy(), atol=1e-6)

@@ -112,6 +112,27 @@ def test_multimodal_option_trains_t1_to_t2_on_t1_momenta(tmp_path):
     assert train and all("--modality 'T1->T2'" in c for c in train)  # quoted, or '>' redirects
 
 
+def test_deformation_field_plans_no_correction_and_no_momentum_files(tmp_path):
+    """train.field deformation (the paper's D, deformation rows): no correction network, the predictions write no
+    m0.nii.gz (nothing is shot), and the cohort registrations, which need a shot transform, are refused."""
+    extra = tmp_path / "deformation.yaml"
+    extra.write_text("train: {field: deformation}\n")
+    run = snakemake("-n", "--configfile", str(TINY), str(extra), cwd=tmp_path)
+    assert run.returncode != 0 and "train.field is deformation" in run.output and "train.correction: false" in run.output
+    extra.write_text("train: {field: deformation, correction: false}\n")
+    run = snakemake("-n", "-p", "--configfile", str(TINY), str(extra), cwd=tmp_path)
+    assert run.returncode == 0, run.output[-3000:]
+    jobs = planned_jobs(run.output)
+    assert jobs["predict"] == 2 and jobs["predict_mc"] == 2 and "correction_patches" not in jobs
+    cmds = [line for line in run.output.splitlines() if line.startswith("Shell command: ")]
+    assert any("--field deformation" in c and " qs patches " in f" {c.removeprefix('Shell command: ')}" for c in cmds)
+    outputs = [line for line in run.output.splitlines() if line.strip().startswith("output: results/predict/")]
+    assert outputs and all("m0.nii.gz" not in line and "warp.nii.gz" in line for line in outputs)
+    extra.write_text("train: {field: deformation, correction: false}\nregister: {pairs: atlas-to-image, method: predict}\n")
+    run = snakemake("-n", "--configfile", str(TINY), str(extra), cwd=tmp_path)
+    assert run.returncode != 0 and "register.pairs is atlas-to-image but train.field is deformation" in run.output
+
+
 def test_multimodal_without_t2_is_refused(tmp_path, subject_files):
     for s in ("a", "b", "c", "d"):
         subject_files(s, labels=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..fields import FIELDS
 from ..io import QsInputError
 
 
@@ -74,7 +75,7 @@ def add_subcommands(subparsers) -> None:
                    "seed, config digest, versions and device in summary.md")
     p.add_argument("--provenance", action="append", metavar="KEY=VALUE", help="a line of provenance in summary.md (repeatable)")
     p.add_argument("--provenance-json", type=Path, help="JSON object of provenance lines for summary.md")
-    p.add_argument("--field", default="momentum", choices=["momentum", "velocity"],
+    p.add_argument("--field", default="momentum", choices=list(FIELDS),
                    help="what the networks learned (train.field): chooses the paper's rows set beside ours")
     p.add_argument("--no-paper-table", action="store_true", help="leave the paper's numbers out of summary.md and the figure")
     p.set_defaults(func=_report_cli)

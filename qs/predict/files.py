@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fields import to_field
+from ..fields import field_of, to_field
 from ..io import (QsInputError, check_finite, check_json, check_same_grid, load_image, load_labels, load_momentum,
                   save_array, spacing as grid_spacing, write_json)
 from ..lddmm_run import write_registration
@@ -185,12 +185,17 @@ def run_correction_patches(model_path, moving, target, momentum, out, *, patch: 
     will see; ``stride`` is the patch files' sliding window. Returns the
     ``(npy, json)`` paths.
     """
+    if field == "deformation":
+        raise QsInputError("qs correction-patches: --field deformation: a deformation has no correction network "
+                           "(the paper's deformation variant has none)")
     mov = load_image(moving, what="moving image")
     tgt = load_image(target, what="target image")
     check_same_grid(mov, tgt, moving, target)
     m0 = load_momentum(momentum, mov, moving)
     dev = resolve(device)
     model, meta = load_model(model_path, expect={**(expect or {}), "kind": "prediction"}, device=dev)
+    if field_of(meta) == "deformation":
+        raise QsInputError(f"{model_path}: a model of field deformation has no correction network")
     _check_spacing(tgt, target, meta, model_path)
     check_prediction_options(batch_size=batch_size, mirror_axes=mirror_axes,
                              strides={"--predict-stride": predict_stride}, patch=meta["patch"])

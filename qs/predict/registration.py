@@ -18,6 +18,11 @@ twice, once for the mean and once again, from the same seeds, for the sums,
 so that no sample is kept in memory). With ``samples = 1`` dropout is off
 (``eval``): the plain deterministic prediction.
 
+A model of ``field: deformation`` (the paper's ``D, deformation`` rows)
+predicts the displacement of ``phi_1^{-1}`` itself: nothing is shot, its
+MC samples are averaged as displacements, and it has no correction network
+(the paper has none) and no momentum (``m0`` None).
+
 Images ``(I, J, K)`` on one working grid (spacing in mm), momenta
 ``(3, I, J, K)`` on it, displacements in mm, component ``c`` along voxel axis ``c``.
 """
@@ -29,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..fields import kernel_settings, model_shooter
+from ..fields import field_of, is_shot, kernel_settings, model_shooter
 from ..io import QsInputError
 from ..lddmm import jacobian_determinant, warp_image
 from ..net import has_mc_dropout
@@ -42,13 +47,14 @@ from .window import as_volume, mirror_subsets, predict_momentum, prediction_star
 class Prediction:
     """Result of :func:`predict_registration` (CPU float32 tensors on the image grid).
 
-    ``m0`` the final momentum, ``m_pred`` the (mean) prediction, ``m_corr``
+    ``m0`` the final momentum (None for a deformation model), ``m_pred`` the (mean) prediction (a deformation
+    model's: the displacement), ``m_corr``
     the (mean) correction or None, ``phiinv`` the displacement of
     ``phi_1^{-1}`` (mm), ``warped`` ``I0 o phi_1^{-1}``, ``uncertainty``
     (mm^2, ``samples > 1``) or None, ``summary`` JSON-ready numbers.
     """
 
-    m0: torch.Tensor
+    m0: torch.Tensor | None
     m_pred: torch.Tensor
     m_corr: torch.Tensor | None
     phiinv: torch.Tensor
@@ -87,10 +93,19 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
     if samples > 1 and not has_mc_dropout(model):
         raise QsInputError("--samples > 1 needs MC dropout, but the prediction model has no dropout layers "
                            "(trained with dropout 0); use --samples 1 or a model trained with dropout > 0")
+    field = field_of(meta)
+    if not is_shot(field) and correction is not None:
+        raise QsInputError("a model of field deformation predicts the displacement itself and has no correction "
+                           "network (the paper's deformation variant has none); predict without --correct")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     shots = 1 + rounds + (samples if samples > 1 else 0)  # final, warp-backs, MC samples
-    shooter = model_shooter(meta, moving.shape, spacing, device=device, compile=shooting_compile(compile, shots))
+    shooter = (model_shooter(meta, moving.shape, spacing, device=device, compile=shooting_compile(compile, shots))
+               if is_shot(field) else None)
+
+    def displacement(m):
+        """The displacement of phi_1^{-1} (mm) of a prediction: shot from a momentum, or the deformation itself."""
+        return m.to(device) if shooter is None else shooter.shoot(m).u1
     kw = dict(batch_size=batch_size, device=device, mirror_axes=tuple(mirrors[-1]))
     uncertainty = None
 
@@ -135,7 +150,7 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
                         mc = next(corr_samples)
                         corr_sum = mc.to(torch.float64) if corr_sum is None else corr_sum + mc
                         ms = mp + mc if m_fixed is None else mp + m_fixed + mc
-                    spread.add(shooter.shoot(ms).u1)
+                    spread.add(displacement(ms))
                     bar.update(1)
             m_pred = (pred_sum / samples).to(torch.float32)
             m_corr = None if corr_sum is None else (corr_sum / samples).to(torch.float32)
@@ -143,7 +158,7 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
                 m_corr = m_corr + m_fixed
             uncertainty = spread.variance().sum(0).to("cpu", torch.float32)
         m0 = m_pred if m_corr is None else m_pred + m_corr
-        u = shooter.shoot(m0).u1
+        u = displacement(m0)
         warped = warp_image(moving.to(device), u, spacing, outside_value=0.0)
         detj = jacobian_determinant(u.double(), spacing)
     sync()
@@ -155,6 +170,7 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "detj_min": float(detj.min()),
         "detj_max": float(detj.max()),
         "samples": samples,
+        "field": field,
         "corrected": correction is not None,
         "corrections": rounds,
         "mirror_axes": list(mirrors[-1]),
@@ -165,7 +181,7 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "patch": int(meta["patch"]),
         "n_patches": int(len(prediction_starts(meta, moving, target, stride))),
         "shape": list(moving.shape),
-        "padded_shape": list(shooter.shape),
+        "padded_shape": None if shooter is None else list(shooter.shape),
         "spacing": list(spacing),
         "kernel": {k: v for k, v in kernel_settings(meta).items() if k != "time_steps"},
         "time_steps": kernel_settings(meta)["time_steps"],
@@ -180,5 +196,5 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
             "rms_spread_mm_max": float(uncertainty.max().sqrt()),
         }
     cpu = lambda t: t.detach().to("cpu", torch.float32)  # noqa: E731
-    return Prediction(m0=cpu(m0), m_pred=cpu(m_pred), m_corr=None if m_corr is None else cpu(m_corr),
+    return Prediction(m0=cpu(m0) if shooter is not None else None, m_pred=cpu(m_pred), m_corr=None if m_corr is None else cpu(m_corr),
                       phiinv=cpu(u), warped=cpu(warped), uncertainty=uncertainty, summary=summary)

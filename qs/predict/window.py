@@ -4,7 +4,9 @@ Images are ``(I, J, K)`` on one working grid (voxel axes, spacing from the
 model in mm); the network reads patches of the stacked pair ``(2, p, p, p)``
 (``p`` = the model's ``patch``) and writes ``(3, p, p, p)``: the momentum
 (or, for a model of ``field: velocity``, the velocity, turned into the
-momentum by :func:`qs.fields.to_momentum`), component ``c`` along voxel axis ``c``.
+momentum by :func:`qs.fields.to_momentum`; for a model of ``field:
+deformation``, the displacement of ``phi_1^{-1}`` in mm, kept as it is),
+component ``c`` along voxel axis ``c``.
 
 The patches are those of the sliding window (:func:`qs.patches.patch_starts`,
 patch and stride from the model) that have foreground in either image, as in
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..fields import field_of, to_momentum
+from ..fields import field_of, is_shot, to_momentum
 from ..net import enable_mc_dropout
 from ..patches import foreground_starts, patch_starts
 
@@ -111,7 +113,8 @@ def network_pass(model, meta, volumes: torch.Tensor, windows: dict, *, batch_siz
     which makes the ensemble more diverse (the demo: error -8% against the
     same patches mirrored). Then ``/ momentum_scale``; a model that predicts
     the velocity has it turned into the momentum (:func:`qs.fields.to_momentum`,
-    the grid's spacing from the model).
+    the grid's spacing from the model); a model that predicts the deformation
+    returns its displacement (mm).
     """
     p = int(meta["patch"])
     vol = volumes.to(device)
@@ -126,6 +129,8 @@ def network_pass(model, meta, volumes: torch.Tensor, windows: dict, *, batch_siz
                 y[list(axes)] *= -1
             total = y if total is None else total + y
     out = (total / len(windows)).to(torch.float32) / float(meta["momentum_scale"])
+    if not is_shot(field_of(meta)):
+        return out.cpu()
     return to_momentum(out, field_of(meta), meta["spacing"], meta).cpu()
 
 
@@ -146,7 +151,8 @@ def prepare_pair(model, meta, moving, target, stride, device, mirror_axes=()):
 
 def predict_momentum(model, meta, moving, target, *, stride=None, batch_size: int = 64, device="cpu",
                      progress=False, mirror_axes=()) -> torch.Tensor:
-    """The initial momentum ``(3, I, J, K)`` (CPU float32) of the pair ``(moving, target)`` (``(I, J, K)``, one grid).
+    """The initial momentum ``(3, I, J, K)`` (CPU float32) of the pair ``(moving, target)`` (``(I, J, K)``, one grid);
+    for a model of ``field: deformation`` the displacement of ``phi_1^{-1}`` (mm).
 
     One deterministic pass (dropout off) over the grid's foreground patches
     (module docstring), overlaps averaged, divided by ``meta['momentum_scale']``.

@@ -38,12 +38,13 @@ PAPER_ROW_OF = {
 def paper_rows(field: str = "momentum") -> dict[str, str]:
     """Our method -> the paper's closest row for networks that learn ``field`` (``train.field``).
 
-    The paper's velocity model has only a plain prediction row; corrected and
-    MC-dropout velocity predictions are set beside its momentum rows.
+    The paper's velocity and deformation models have only a plain prediction
+    row; corrected and MC-dropout predictions of them are set beside its
+    momentum rows.
     """
     rows = dict(PAPER_ROW_OF)
-    if check_field(field) == "velocity":
-        rows["predict"] = "D, velocity, stride 14"
+    if check_field(field) != "momentum":
+        rows["predict"] = f"D, {field}, stride 14"
     return rows
 
 

@@ -66,8 +66,8 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
         s += ["", "### Paper (Yang et al. 2017, Table: OASIS, 1 mm)", "",
               "D = deterministic network, P = probabilistic (MC dropout). The rows closest to ours: "
               + ", ".join(f"`{m}` ~ \"{r}\"" for m, r in paper_rows(field).items())
-              + (" (our networks learn the velocity; the paper has no corrected or MC velocity rows)"
-                 if field == "velocity" else "") + ".", "",
+              + (f" (our networks learn the {field}; the paper has no corrected or MC {field} rows)"
+                 if field != "momentum" else "") + ".", "",
               markdown_table(PAPER_DEFORMATION_ERROR)]
         ours = deformation.set_index("method")
         ratio_rows = []
