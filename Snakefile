@@ -58,6 +58,7 @@ include: "rules/register.smk"
 include: "rules/evaluate.smk"
 include: "rules/provenance.smk"
 include: "rules/report.smk"
+include: "rules/ablation.smk"
 
 
 rule all:

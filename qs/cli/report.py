@@ -49,8 +49,27 @@ def _report_cli(args):
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
 
+def _ablation_cli(args):
+    from ..report.ablation import variants, write_ablation
+
+    try:
+        given = json.loads(args.variants_json)
+        assert isinstance(given, list)
+    except (ValueError, AssertionError):
+        raise QsInputError(f"--variants-json must be a JSON list of variants, got {args.variants_json!r}") from None
+    specs = variants({"train": {"patch": args.patch, "dropout": args.dropout}, "ablation": {"variants": given}})
+    losses = {name: [] for name in specs}
+    for spec in args.loss or []:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in losses:
+            raise QsInputError(f"--loss must be VARIANT=TSV with a variant of --variants-json, got '{spec}'")
+        losses[name].append(Path(path))
+    out = write_ablation(args.pairs, specs, losses, args.out)
+    print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
 def add_subcommands(subparsers) -> None:
-    """Add ``qs evaluate-pair`` and ``qs report`` to the ``qs`` command line."""
+    """Add ``qs evaluate-pair``, ``qs report`` and ``qs ablation`` to the ``qs`` command line."""
     p = subparsers.add_parser("evaluate-pair", help="evaluate one test pair against LDDMM (deformation error, det J, overlap, time)")
     p.add_argument("--pair", required=True, help="pair id, e.g. sub-01_to_sub-02")
     p.add_argument("--lddmm", required=True, type=Path, help="LDDMM result folder of the pair (warp.nii.gz, summary.json...)")
@@ -79,3 +98,15 @@ def add_subcommands(subparsers) -> None:
                    help="what the networks learned (train.field): chooses the paper's rows set beside ours")
     p.add_argument("--no-paper-table", action="store_true", help="leave the paper's numbers out of summary.md and the figure")
     p.set_defaults(func=_report_cli)
+
+    p = subparsers.add_parser("ablation", help="the paper's variant table from evaluated pairs: ablation.tsv, ablation.png")
+    p.add_argument("pairs", nargs="+", type=Path, help="folders written by qs evaluate-pair with the variants as methods")
+    p.add_argument("--variants-json", required=True,
+                   help='the variants (config ablation.variants) as a JSON list, e.g. \'[{"field": "momentum", '
+                        '"stride": 14, "epochs": 10}]\'; their names are the methods of the evaluations')
+    p.add_argument("--loss", action="append", metavar="VARIANT=TSV",
+                   help="loss.tsv of a network the variant uses (repeatable; their seconds are its training time)")
+    p.add_argument("--patch", type=int, default=15, help="the networks' patch size (train.patch): the largest stride")
+    p.add_argument("--dropout", type=float, default=0.2, help="the networks' dropout (train.dropout)")
+    p.add_argument("--out", required=True, type=Path, help="folder of ablation.tsv and ablation.png")
+    p.set_defaults(func=_ablation_cli)

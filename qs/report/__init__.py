@@ -11,6 +11,8 @@ Two steps, each a function on files and a ``qs`` subcommand (:mod:`qs.cli.report
   (see ``DESIGN.md``), ``detj.tsv`` (all pairs), the figures
   ``target_overlap.png``, ``deformation_error.png``, ``example_pair.png``,
   ``loss.png`` and ``summary.md``.
+* :func:`qs.report.ablation.write_ablation` (``qs ablation``, the ``snakemake ablation`` target): the
+  paper's variant table from the variants' evaluations: ``ablation.tsv`` and ``ablation.png``.
 
 Method names in the tables: ``affine``, ``lddmm``, ``syn``, ``syn-quick``,
 ``predict``, ``predict+correct``, ``predict-mc`` (the folder of
