@@ -73,6 +73,14 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "predict_mc": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.device", "predict.samples")),
     "syn": (("seed", "syn"), ()),
     "report": ((), ("train.field",)),
+    "ablation_patches": (("kernel",), ("train.patch", "train.background_threshold")),
+    "ablation_train_prediction": (("seed", "kernel", "network", "preprocess"),
+                                  ("grid.spacing", "train.target_contrast", *ATLAS_IDENTITY)),
+    "ablation_correction_patches": (("kernel",), ("train.patch", "train.background_threshold", "train.device")),
+    "ablation_train_correction": (("seed", "kernel", "network", "preprocess"),
+                                  ("grid.spacing", "train.target_contrast", "train.correction_init", *ATLAS_IDENTITY)),
+    "ablation_predict": (("seed", "kernel"), ("predict.batch_size", "predict.device")),
+    "ablation_table": ((), ("ablation.variants", "train.patch", "train.dropout")),
     "provenance": ((), ("*",)),
 }
 

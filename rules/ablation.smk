@@ -6,54 +6,6 @@ the reference pairs as the paper did (its training stride, no mirror images, one
 evaluated against LDDMM; results/report/ablation.tsv and ablation.png gather one row per variant.
 """
 
-import json
-
-from qs.report.ablation import model_key, variants as ablation_variants
-
-ABL = f"{R}/ablation"
-try:
-    ABLATION = ablation_variants(config)
-except QsInputError as exc:
-    ABLATION, ABLATION_ERROR = {}, str(exc)
-else:
-    ABLATION_ERROR = ""
-ABLATION_MODELS = {model_key(v) for v in ABLATION.values()}
-#: a variant's name (qs.report.ablation.variant_name) and its network's (model_key)
-VARIANT_PATTERN = r"(momentum|velocity|deformation)-stride\d+-\d+epochs(-mc\d+)?(-corrected)?"
-MODEL_PATTERN = r"(momentum|velocity|deformation)-stride\d+-\d+epochs"
-
-
-def ablation_model(variant, kind):
-    return f"{ABL}/models/{model_key(ABLATION[variant])}/{kind}/model.safetensors"
-
-
-def ablation_train_args(kind, model):
-    """``train_args(kind)`` with the epochs of the network ``model`` (``{field}-stride{S}-{E}epochs``)."""
-    args = list(train_args(kind))
-    args[args.index("--epochs") + 1] = int(model.rsplit("-", 1)[1].removesuffix("epochs"))
-    return args
-
-
-def ablation_losses():
-    """``--loss VARIANT=TSV`` of every network each variant uses, and the files."""
-    flags, files = [], []
-    for name, v in ABLATION.items():
-        kinds = ["prediction", "correction"] if v["correction"] else ["prediction"]
-        for kind in kinds:
-            tsv = f"{ABL}/models/{model_key(v)}/{kind}/loss.tsv"
-            flags += ["--loss", f"{name}={tsv}"]
-            files.append(tsv)
-    return flags, files
-
-
-def ablation_outputs(w):
-    """The ablation's table and figure; the config's errors about the ablation, raised only when it is asked for."""
-    if ABLATION_ERROR:
-        raise WorkflowError(f"qs: error: {ABLATION_ERROR}")
-    if not TRAIN_PAIRS:
-        raise WorkflowError("qs: error: snakemake ablation trains networks, but this run has no training pairs")
-    return {"tsv": f"{R}/report/ablation.tsv", "png": f"{R}/report/ablation.png"}
-
 
 rule ablation:
     input:
@@ -90,9 +42,7 @@ rule ablation_patches:
 
 rule ablation_train_prediction:
     input:
-        patches=lambda w: expand(
-            f"{ABL}/patches/{{key}}/{{pair}}.npy", key=w.model.rsplit("-", 1)[0], pair=TRAIN_PAIRS
-        ),
+        patches=lambda w: expand(f"{ABL}/patches/{{key}}/{{pair}}.npy", key=w.model.rsplit("-", 1)[0], pair=TRAIN_PAIRS),
     output:
         model=f"{ABL}/models/{{model}}/prediction/model.safetensors",
         loss=f"{ABL}/models/{{model}}/prediction/loss.tsv",
@@ -214,23 +164,6 @@ rule ablation_predict:
         "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} {params.correct:q} --samples {params.samples:q} "
         "--moving {input.moving:q} --target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} "
         "{params.lddmm:q} --device {params.device:q} --seed {params.seed:q} --out {params.out:q} > {log:q} 2>&1"
-
-
-def ablation_evaluation_inputs(w):
-    out = {"lddmm": f"{R}/lddmm/{w.pair}/warp.nii.gz", "mask": f"{R}/atlas/atlas_mask.nii.gz"}
-    out |= {name: f"{ABL}/predict/{name}/{w.pair}/summary.json" for name in ABLATION}
-    if HAS_LABELS:
-        out["target_labels"] = labels_of(pairs.loc[w.pair, "target"])
-        out["moving_labels"] = labels_of(pairs.loc[w.pair, "moving"])
-    return out
-
-
-def ablation_evaluation_args(w, input):
-    flags = [arg for name in ABLATION for arg in ("--method", f"{name}={os.path.dirname(input[name])}")]
-    for key in ("target_labels", "moving_labels"):
-        if key in input.keys():
-            flags += [f"--{key.replace('_', '-')}", input[key]]
-    return flags
 
 
 rule ablation_evaluate:

@@ -1,6 +1,7 @@
 """Glue shared by the workflow files: config validation, the cohort table, pairs, resources."""
 
 import hashlib
+import json
 import os
 import sys
 
@@ -12,6 +13,7 @@ import pandas as pd
 from qs.cohort import SUBJECT_PATTERN as SUBJECT_ID
 from qs.cohort import check_config_paths, cohort_tables, ordered_pairs
 from qs.io import QsInputError
+from qs.report.ablation import model_key, variants as ablation_variants
 from qs.reuse import atlas_identity, check_model_fits, trained_on
 from qs.settings import group_args
 from qs.validate import config_error
@@ -444,3 +446,66 @@ def preprocess_outputs():
     if HAS_LABELS:
         out["labels"] = preprocessed("{subject}", "labels.nii.gz")
     return out
+
+
+# --- the ablation target (rules/ablation.smk, qs.report.ablation) ---
+
+ABL = f"{R}/ablation"
+try:
+    ABLATION = ablation_variants(config)
+except QsInputError as exc:
+    ABLATION, ABLATION_ERROR = {}, str(exc)
+else:
+    ABLATION_ERROR = ""
+#: a variant's name (qs.report.ablation.variant_name) and its network's (model_key)
+VARIANT_PATTERN = r"(momentum|velocity|deformation)-stride\d+-\d+epochs(-mc\d+)?(-corrected)?"
+MODEL_PATTERN = r"(momentum|velocity|deformation)-stride\d+-\d+epochs"
+
+
+def ablation_model(variant, kind):
+    return f"{ABL}/models/{model_key(ABLATION[variant])}/{kind}/model.safetensors"
+
+
+def ablation_train_args(kind, model):
+    """``train_args(kind)`` with the epochs of the network ``model`` (``{field}-stride{S}-{E}epochs``)."""
+    args = list(train_args(kind))
+    args[args.index("--epochs") + 1] = int(model.rsplit("-", 1)[1].removesuffix("epochs"))
+    return args
+
+
+def ablation_losses():
+    """``--loss VARIANT=TSV`` of every network each variant uses, and the files."""
+    flags, files = [], []
+    for name, v in ABLATION.items():
+        kinds = ["prediction", "correction"] if v["correction"] else ["prediction"]
+        for kind in kinds:
+            tsv = f"{ABL}/models/{model_key(v)}/{kind}/loss.tsv"
+            flags += ["--loss", f"{name}={tsv}"]
+            files.append(tsv)
+    return flags, files
+
+
+def ablation_outputs(w):
+    """The ablation's table and figure; the config's errors about the ablation, raised only when it is asked for."""
+    if ABLATION_ERROR:
+        raise WorkflowError(f"qs: error: {ABLATION_ERROR}")
+    if not TRAIN_PAIRS:
+        raise WorkflowError("qs: error: snakemake ablation trains networks, but this run has no training pairs")
+    return {"tsv": f"{R}/report/ablation.tsv", "png": f"{R}/report/ablation.png"}
+
+
+def ablation_evaluation_inputs(w):
+    out = {"lddmm": f"{R}/lddmm/{w.pair}/warp.nii.gz", "mask": f"{R}/atlas/atlas_mask.nii.gz"}
+    out |= {name: f"{ABL}/predict/{name}/{w.pair}/summary.json" for name in ABLATION}
+    if HAS_LABELS:
+        out["target_labels"] = labels_of(pairs.loc[w.pair, "target"])
+        out["moving_labels"] = labels_of(pairs.loc[w.pair, "moving"])
+    return out
+
+
+def ablation_evaluation_args(w, input):
+    flags = [arg for name in ABLATION for arg in ("--method", f"{name}={os.path.dirname(input[name])}")]
+    for key in ("target_labels", "moving_labels"):
+        if key in input.keys():
+            flags += [f"--{key.replace('_', '-')}", input[key]]
+    return flags

@@ -190,7 +190,7 @@ def write_ablation(pair_dirs, specs: dict[str, dict], loss_tsvs: dict[str, list]
     """``qs ablation``: ``ablation.tsv`` and ``ablation.png`` in ``out_dir`` from the evaluated pair folders.
 
     ``loss_tsvs``: variant name -> the ``loss.tsv`` files of the networks it
-    uses (their ``seconds`` summed are its training time). Returns the paths.
+    uses (their ``seconds`` summed are its training time; NaN without any). Returns the paths.
     """
     from pathlib import Path
 
@@ -202,7 +202,7 @@ def write_ablation(pair_dirs, specs: dict[str, dict], loss_tsvs: dict[str, list]
         raise QsInputError("ablation: no evaluated pairs given")
     results = [load_pair_results(p) for p in pair_dirs]
     seconds = {name: sum(float(read_tsv(t, ["epoch", "seconds"])["seconds"].sum()) for t in files)
-               for name, files in loss_tsvs.items()}
+               for name, files in loss_tsvs.items() if files}
     table = ablation_table(results, specs, seconds)
     out_dir = Path(out_dir)
     return {"tsv": write_tsv(table, out_dir / "ablation.tsv", float_format="%.4f"),
