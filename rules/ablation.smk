@@ -22,6 +22,8 @@ rule ablation_patches:
         sidecar=f"{ABL}/patches/{{field}}-stride{{stride}}/{{pair}}.json",
     log:
         f"{LOGS}/ablation/patches/{{field}}-stride{{stride}}/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/ablation/patches/{{field}}-stride{{stride}}/{{pair}}.tsv"
     wildcard_constraints:
         field="momentum|velocity|deformation",
         stride=r"\d+",
@@ -77,6 +79,8 @@ rule ablation_correction_patches:
         sidecar=f"{ABL}/patches/{{model}}-correction/{{pair}}.json",
     log:
         f"{LOGS}/ablation/patches/{{model}}-correction/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/ablation/patches/{{model}}-correction/{{pair}}.tsv"
     wildcard_constraints:
         model=r"(momentum|velocity)-stride\d+-\d+epochs",
     conda:
@@ -176,6 +180,8 @@ rule ablation_evaluate:
         timing=f"{ABL}/evaluate/{{pair}}/timing.tsv",
     log:
         f"{LOGS}/ablation/evaluate/{{pair}}.log",
+    benchmark:
+        f"{BENCH}/ablation/evaluate/{{pair}}.tsv"
     conda:
         "../envs/qs.yaml"
     threads: resources_of("evaluate")["threads"]
@@ -203,6 +209,8 @@ rule ablation_table:
         ),
     log:
         f"{LOGS}/ablation/table.log",
+    benchmark:
+        f"{BENCH}/ablation/table.tsv"
     conda:
         "../envs/qs.yaml"
     threads: 1
