@@ -1,6 +1,8 @@
 """ANTs SyN baselines (syn, syn-quick) and the overlap table on two pre-processed demo subjects."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -126,7 +128,12 @@ def test_seeded_runs_are_reproducible(pair, tmp_path):
     root, pre = pair
 
     def warp(name, *args):
-        assert _run(pre, tmp_path / name, "--threads", "1", *args) == 0
+        # a process per run, as the workflow's jobs: ITK takes its thread count at its first call in a process,
+        # so in-process runs after another test's multi-threaded ANTs call would not be single-threaded
+        m, t = pre["sub-01"], pre["sub-02"]
+        cmd = [sys.executable, "-m", "qs.cli", "syn", "--moving", str(m["t1"]), "--target", str(t["t1"]),
+               "--out", str(tmp_path / name), "--threads", "1", *args]
+        assert subprocess.run(cmd, capture_output=True).returncode == 0
         return np.asarray(nib.load(str(tmp_path / name / "warp.nii.gz")).dataobj)
 
     # syn-quick's affine stage samples the metric at random points: the seed decides them
