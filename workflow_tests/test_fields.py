@@ -132,24 +132,31 @@ class _Constant(nn.Module):
         return self.c.expand(x.shape[0], 3, *x.shape[2:]).clone()
 
 
-def test_a_predicted_velocity_is_turned_into_its_momentum():
-    # a longer grid whose last slices lie in background patches, which are not predicted
+def _constant_field_pair(meta, c):
+    """A pair on a longer grid whose last slices lie in background patches (not predicted), and what a
+    :class:`_Constant` network ``c`` assembles on it: ``(a, b, covered, assembled)``, ``assembled`` = ``c /
+    momentum_scale`` on the covered voxels, 0 elsewhere."""
     a = np.zeros((40, *SHAPE[1:]), np.float32)
     a[:16] = _images()[0][:16]
     b = np.roll(a, 1, axis=0)
-    meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
-                field="velocity")
-    c = (0.4, -0.2, 0.6)  # scaled velocity: v0 = c / 2 on every covered voxel
-    m = predict_momentum(_Constant(c), meta, a, b)
-    v = to_field(m, "velocity", SPACING, meta)  # shooting m starts from this velocity
     covered = np.zeros(a.shape, bool)
     for i, j, k in prediction_starts(meta, a, b):
         covered[i:i + 15, j:j + 15, k:k + 15] = True
     assert covered.sum() < covered.size
-    # the assembled velocity (c / 2 on the covered voxels, 0 elsewhere), low-passed (the model's default cutoff)
     assembled = torch.zeros((3, *a.shape))
     for comp in range(3):
-        assembled[comp][torch.from_numpy(covered)] = c[comp] / 2
+        assembled[comp][torch.from_numpy(covered)] = c[comp] / meta["momentum_scale"]
+    return a, b, covered, assembled
+
+
+def test_a_predicted_velocity_is_turned_into_its_momentum():
+    meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
+                field="velocity")
+    c = (0.4, -0.2, 0.6)  # scaled velocity: v0 = c / 2 on every covered voxel
+    a, b, covered, assembled = _constant_field_pair(meta, c)
+    m = predict_momentum(_Constant(c), meta, a, b)
+    v = to_field(m, "velocity", SPACING, meta)  # shooting m starts from this velocity
+    # the assembled velocity (c / 2 on the covered voxels, 0 elsewhere), low-passed (the model's default cutoff)
     assert torch.allclose(v, lowpass_velocity(assembled, SPACING, meta, VELOCITY_CUTOFF_MM), atol=1e-5)
     assert float((v - assembled).abs().max()) > 0.01  # the seam at the uncovered slices is smoothed
     # the same network read as a momentum model gives the scaled output itself
@@ -194,20 +201,11 @@ def test_a_predicted_deformation_is_used_as_it_is_and_may_fold():
     so nothing keeps det J > 0: a displacement that drops by 8 mm across two 2 mm voxels folds."""
     from qs.predict.registration import predict_registration
 
-    a = np.zeros((40, *SHAPE[1:]), np.float32)
-    a[:16] = _images()[0][:16]
-    b = np.roll(a, 1, axis=0)
     meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
                 field="deformation", kind="prediction")
     c = (16.0, -0.2, 0.6)  # scaled displacement: u = c / 2 mm on every covered voxel
+    a, b, _, assembled = _constant_field_pair(meta, c)
     res = predict_registration(_Constant(c), meta, a, b, progress=False)
-    covered = np.zeros(a.shape, bool)
-    for i, j, k in prediction_starts(meta, a, b):
-        covered[i:i + 15, j:j + 15, k:k + 15] = True
-    assert covered.sum() < covered.size
-    assembled = torch.zeros((3, *a.shape))
-    for comp in range(3):
-        assembled[comp][torch.from_numpy(covered)] = c[comp] / 2
     assert torch.equal(res.phiinv, assembled) and torch.equal(res.m_pred, assembled)
     assert res.m0 is None and res.summary["field"] == "deformation" and res.summary["padded_shape"] is None
     assert res.summary["detj_min"] < 0 < res.summary["detj_max"]  # folds where the 8 mm displacement ends
