@@ -109,7 +109,8 @@ def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, m
     from .model_io import read_meta
     from .predict.files import run_predict
 
-    if not is_shot(field_of(read_meta(model))):
+    meta = read_meta(model)
+    if not is_shot(field_of(meta)):
         raise QsInputError(f"{model}: a model of field deformation predicts the displacement itself, which may "
                            "fold; the registrations need a shot (diffeomorphic) transform: use a momentum or "
                            "velocity model")
@@ -132,7 +133,6 @@ def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, m
             t0 = time.perf_counter()
             grid = load_image(moving_grid, what="moving image")
             m0 = load_momentum(work / "predict" / "m0.nii.gz", grid, moving_grid)
-            meta = read_meta(model)
             shooter = model_shooter(meta, grid.shape, spacing(grid))
             with torch.no_grad():
                 phi = shooter.shoot(torch.from_numpy(m0), forward_map=True).w1.to("cpu", torch.float32).numpy()
