@@ -176,12 +176,13 @@ def _exp_velocity(v: np.ndarray, h: float) -> np.ndarray:
     return d.reshape((3,) + shape)
 
 
-def random_diffeomorphism(rng: np.random.Generator) -> _Field:
-    """Draw ``D = exp(v)`` on the truth grid (see the module docstring)."""
+def random_diffeomorphism(rng: np.random.Generator, max_disp_mm=MAX_DISP_MM) -> _Field:
+    """Draw ``D = exp(v)`` on the truth grid (see the module docstring); ``max_disp_mm``: the range (mm) of the
+    largest displacement over the brain."""
     nat = native_template()
     shape, affine = _truth_grid()
     sigma_mm = float(rng.uniform(*VELOCITY_SIGMA_MM))
-    target = float(rng.uniform(*MAX_DISP_MM))
+    target = float(rng.uniform(*max_disp_mm))
     noise = rng.standard_normal((3,) + shape)
     v = np.stack([ndi.gaussian_filter(n, sigma_mm / TRUTH_GRID_MM, mode="reflect") for n in noise])
     # brain points of the truth grid
@@ -258,7 +259,7 @@ def _subject_grid(a: np.ndarray, margin: float, spacing: float, rng) -> tuple[tu
     return shape, affine
 
 
-def make_subject(seed: int, k: int, spacing: float = 2.0) -> dict:
+def make_subject(seed: int, k: int, spacing: float = 2.0, max_disp_mm=MAX_DISP_MM) -> dict:
     """Synthesize subject ``k`` (0-based). Returns arrays, grid and truth.
 
     Keys: ``t1``, ``t2`` (float32), ``labels`` (int32), ``affine`` (the
@@ -270,7 +271,7 @@ def make_subject(seed: int, k: int, spacing: float = 2.0) -> dict:
     streams = [np.random.default_rng(ss) for ss in subject_seed(seed, k).spawn(6)]
     r_aff, r_vel, r_b1, r_b2, r_n1, r_n2 = streams
     a, aparams = random_affine(r_aff, nat.centre)
-    field = random_diffeomorphism(r_vel)
+    field = random_diffeomorphism(r_vel, max_disp_mm)
     shape, gaff = _subject_grid(a, FOV_MARGIN_MM + field.params["max_displacement_mm"], s, r_aff)
 
     t1s, t2s, lab = smoothed_map("t1", s), smoothed_map("t2", s), nat.maps["labels"]
@@ -338,13 +339,33 @@ def _matrix_text(a: np.ndarray) -> str:
 
 
 
-def make_demo_cohort(out_dir, n_subjects: int = 8, spacing: float = 2.0, seed: int = 0, test_fraction: float = 0.25) -> Path:
+#: the largest nonlinear displacement the demo draws (mm): beyond it the synthetic subjects stop looking like brains
+MAX_DISP_LIMIT_MM = 20.0
+
+
+def check_displacement_range(value) -> tuple[float, float]:
+    """``(low, high)`` mm with ``0 < low <= high <= MAX_DISP_LIMIT_MM``, or :class:`QsInputError`."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise QsInputError(f"demo: the displacement range must be two numbers (mm), got {value!r}") from None
+    if not (0 < low <= high <= MAX_DISP_LIMIT_MM):
+        raise QsInputError(f"demo: the displacement range must satisfy 0 < low <= high <= {MAX_DISP_LIMIT_MM:g} mm, "
+                           f"got {low:g} {high:g}")
+    return low, high
+
+
+def make_demo_cohort(out_dir, n_subjects: int = 8, spacing: float = 2.0, seed: int = 0, test_fraction: float = 0.25,
+                     max_displacement_mm=MAX_DISP_MM) -> Path:
     """Write the demo cohort under ``out_dir`` and return ``out_dir/subjects.tsv``.
 
     See the module docstring for the files and the generative model. Subject
     ids and the train/test split come from :func:`qs.cohort.demo_table`
     (``test_fraction`` of the subjects, chosen with ``seed``), so the sheet
     agrees with the table the workflow builds before the files exist.
+    ``max_displacement_mm``: ``(low, high)``, the range (mm) from which each
+    subject's largest nonlinear displacement over the brain is drawn
+    (default 3-5 mm; a larger range makes a harder cohort).
     """
     if isinstance(n_subjects, bool) or not isinstance(n_subjects, (int, np.integer)) or n_subjects < 1:
         raise QsInputError(f"demo: the number of subjects must be a positive integer, got {n_subjects!r}")
@@ -354,13 +375,14 @@ def make_demo_cohort(out_dir, n_subjects: int = 8, spacing: float = 2.0, seed: i
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise QsInputError(f"demo: seed must be a non-negative integer, got {seed!r}")
     s = check_spacing(spacing)
+    disp = check_displacement_range(max_displacement_mm)
     out_dir = Path(out_dir)
     table = demo_table("", n_subjects, test_fraction=test_fraction, seed=int(seed))
 
     write_atlas(out_dir)
     for k, row in table.iterrows():
         name = row["subject"]
-        subj = make_subject(int(seed), k, s)
+        subj = make_subject(int(seed), k, s, disp)
         for key in ("t1", "t2", "labels"):
             save_array(subj[key], subj["affine"], out_dir / row[key])
         truth = out_dir / "truth"

@@ -26,7 +26,7 @@ import yaml
 GROUPS: dict[str, dict[str, str]] = {
     "seed": {"seed": "--seed"},
     "demo": {"cohort.demo.subjects": "--subjects", "cohort.demo.spacing": "--spacing",
-             "cohort.test_fraction": "--test-fraction"},
+             "cohort.test_fraction": "--test-fraction", "cohort.demo.max_displacement_mm": "--max-displacement"},
     "grid": {"grid.spacing": "--spacing", "grid.margin_mm": "--margin"},
     "cohort": {"cohort.source": "--source", "cohort.sheet": "--sheet", "cohort.bids": "--bids",
                "cohort.bids_label_suffixes": "--label-suffixes", "cohort.test_fraction": "--test-fraction",
@@ -39,6 +39,9 @@ GROUPS: dict[str, dict[str, str]] = {
     "lddmm": {"lddmm.iterations": "--iterations", "lddmm.coarse_iterations": "--coarse-iterations",
               "lddmm.similarity": "--similarity", "lddmm.window": "--window", "lddmm.optimizer": "--optimizer",
               "lddmm.device": "--device"},
+    # test-time refinement of a prediction (qs predict --refine): its evaluations and the image match
+    "refine": {"predict.refine_iterations": "--refine", "predict.refine_coarse_iterations": "--refine-coarse",
+               "lddmm.similarity": "--similarity", "lddmm.window": "--window"},
     "patches": {"train.patch": "--patch", "train.stride": "--stride", "train.background_threshold": "--threshold",
                 "train.field": "--field"},
     "network": {"train.architecture": "--architecture", "train.features": "--features", "train.epochs": "--epochs",
@@ -66,7 +69,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "correction_patches": (("patches", "kernel"), ("train.device", "predict.stride", "predict.mirror_axes")),
     "train_correction": (("seed", "kernel", "network", "preprocess"),
                          ("grid.spacing", "train.target_contrast", "train.correction_init", *ATLAS_IDENTITY)),
-    "predict": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
+    "predict": (("seed", "kernel", "refine"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                                      "predict.corrections", "predict.correction_stride")),
     "register": (("seed",), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                               "predict.corrections", "predict.correction_stride", "register.pairs", "register.method")),

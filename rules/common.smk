@@ -107,6 +107,8 @@ REGISTER = config["register"]
 USES_CORRECTION = bool(MODELS["correction"]) if REUSE else config["train"]["correction"]
 #: whether the networks predict a momentum (momentum or velocity: shot) or the deformation itself (no m0 file)
 PREDICTS_MOMENTUM = config["train"]["field"] != "deformation"
+#: whether the run has the predict+refine method (LDDMM evaluations started from the prediction)
+REFINES = config["predict"]["refine_iterations"] + config["predict"]["refine_coarse_iterations"] > 0
 
 
 def check_models():
@@ -123,6 +125,11 @@ def check_models():
         raise QsInputError(
             "config: train.field is deformation (the network predicts the displacement itself) but "
             "train.correction is true; a deformation has no correction network: set train.correction: false"
+        )
+    if not PREDICTS_MOMENTUM and REFINES:
+        raise QsInputError(
+            "config: predict.refine_iterations / refine_coarse_iterations are set but train.field is "
+            "deformation: the refinement optimises a momentum; set both to 0 or train a momentum or velocity model"
         )
     if not PREDICTS_MOMENTUM and REGISTER["pairs"] != "none":
         raise QsInputError(
@@ -330,9 +337,17 @@ def predicted_methods():
     methods = ["predict"]
     if USES_CORRECTION:
         methods.append("predict-correct")
+    if REFINES:
+        methods.append("predict-refine")
     if config["predict"]["samples"] > 1 and config["train"]["dropout"] > 0:
         methods.append("predict-mc")
     return methods
+
+
+def refine_flags(wildcards):
+    """Params function: ``qs predict``'s refinement flags (settings group ``refine``) for the predict-refine
+    method, else [] (so that the other methods' jobs do not depend on them)."""
+    return group_args(config, "refine") if wildcards.method == "predict-refine" else []
 
 
 def syn_args(wildcards):

@@ -18,12 +18,14 @@ if config["cohort"]["source"] == "demo":
         params:
             n=config["cohort"]["demo"]["subjects"],
             spacing=config["cohort"]["demo"]["spacing"],
+            max_displacement=config["cohort"]["demo"]["max_displacement_mm"],
             test_fraction=config["cohort"]["test_fraction"],
             seed=config["seed"],
             out=lambda w, output: os.path.dirname(output.sheet),
         shell:
             "qs demo --out {params.out:q} --subjects {params.n:q} --spacing {params.spacing:q} "
-            "--test-fraction {params.test_fraction:q} --seed {params.seed:q} > {log:q} 2>&1"
+            "--test-fraction {params.test_fraction:q} --max-displacement {params.max_displacement:q} "
+            "--seed {params.seed:q} > {log:q} 2>&1"
 
 
 rule builtin_atlas:

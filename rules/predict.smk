@@ -1,4 +1,4 @@
-"""Prediction on the test pairs: predict, predict + correct, and MC-dropout uncertainty."""
+"""Prediction on the test pairs: predict, predict + correct, predict + refine, and MC-dropout uncertainty."""
 
 
 rule predict:
@@ -15,7 +15,7 @@ rule predict:
     benchmark:
         f"{BENCH}/predict/{{method}}/{{pair}}.tsv"
     wildcard_constraints:
-        method="predict|predict-correct",
+        method="predict|predict-correct|predict-refine",
     conda:
         "../envs/qs.yaml"
     threads: resources_of("predict")["threads"]
@@ -29,12 +29,13 @@ rule predict:
         correction_stride=config["predict"]["correction_stride"],
         batch_size=config["predict"]["batch_size"],
         passes=prediction_flags(),
+        refine=refine_flags,
         lddmm=lddmm_args(),
         device=config["predict"]["device"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.warp),
     shell:
-        "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} {params.correct:q} --moving {input.moving:q} "
+        "OMP_NUM_THREADS={threads} qs predict --model {input.model:q} {params.correct:q} {params.refine:q} --moving {input.moving:q} "
         "--target {input.target:q} {params.labels:q} --batch-size {params.batch_size:q} {params.passes:q} {params.lddmm:q} "
         "--device {params.device:q} --seed {params.seed:q} --out {params.out:q} > {log:q} 2>&1"
 

@@ -220,6 +220,17 @@ def test_contrast(cohort):
         assert t1[lab == 0].mean() < 0.1 * t1[wm].mean()
 
 
+def test_displacement_range_scales_the_diffeomorphism_only():
+    """A harder cohort (``--max-displacement 6 9``): the same draws, a larger displacement (within the range)."""
+    rng = lambda: np.random.default_rng(demo.subject_seed(3, 0).spawn(6)[1])  # noqa: E731
+    easy, hard = demo.random_diffeomorphism(rng()), demo.random_diffeomorphism(rng(), (6.0, 9.0))
+    assert easy.params["velocity_sigma_mm"] == hard.params["velocity_sigma_mm"]
+    assert 6.0 - 0.5 <= hard.params["max_displacement_mm"] <= 9.0 + 0.5
+    ratio = hard.params["target_max_displacement_mm"] / easy.params["target_max_displacement_mm"]
+    assert ratio == pytest.approx((6.0 + 3.0 * (easy.params["target_max_displacement_mm"] - 3.0) / 2.0)
+                                  / easy.params["target_max_displacement_mm"])  # the same uniform draw, rescaled
+
+
 def test_bad_arguments(tmp_path, monkeypatch):
     with pytest.raises(QsInputError, match="spacing"):
         demo.make_demo_cohort(tmp_path, n_subjects=2, spacing=0.0)
@@ -227,6 +238,9 @@ def test_bad_arguments(tmp_path, monkeypatch):
         demo.make_demo_cohort(tmp_path, n_subjects=2, test_fraction=1.5)
     with pytest.raises(QsInputError, match="subjects"):
         demo.make_demo_cohort(tmp_path, n_subjects=0)
+    for bad in ((5.0, 3.0), (0.0, 2.0), (3.0, 30.0), (3.0,), "big"):
+        with pytest.raises(QsInputError, match="displacement range"):
+            demo.make_demo_cohort(tmp_path, n_subjects=2, max_displacement_mm=bad)
     assert not (tmp_path / "subjects.tsv").exists()
     monkeypatch.setitem(atlas.TEMPLATE_FILES, "t1", "no_such_template.nii.gz")
     with pytest.raises(atlas.TemplateNotFoundError, match="no_such_template"):

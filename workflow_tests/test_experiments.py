@@ -51,7 +51,8 @@ def atlas_run(tmp_path_factory):
 def t2_run(tmp_path_factory):
     """The tiny config with T1 -> T2 networks (no SyN, no MC: the T1 -> T2 paths only)."""
     cwd = tmp_path_factory.mktemp("t2_run")
-    (cwd / "extra.yaml").write_text("train: {target_contrast: T2}\nevaluate: {syn_variants: []}\npredict: {samples: 1}\n")
+    (cwd / "extra.yaml").write_text("train: {target_contrast: T2}\nevaluate: {syn_variants: []}\n"
+                                    "predict: {samples: 1, refine_iterations: 0, refine_coarse_iterations: 0}\n")
     run = snakemake("--cores", "2", "--configfile", str(TINY), str(cwd / "extra.yaml"), cwd=cwd)
     return {"cwd": cwd, "res": cwd / "results", "run": run}
 
@@ -71,12 +72,13 @@ def test_atlas_to_image_run_reports_its_tables(atlas_run):
         assert s["moving"].endswith("atlas/atlas_T1w.nii.gz") and s["target"].endswith(f"{p.split('_to_')[1]}_T1w.nii.gz")
     report = res / "report"
     errors = _tsv(report / "deformation_error.tsv").set_index("method")
-    assert list(errors.index) == ["affine", "predict", "predict+correct", "predict-mc"]
+    assert list(errors.index) == ["affine", "predict", "predict+correct", "predict+refine", "predict-mc"]
     assert (errors.loc["predict":, "detj_pos_pct"] == 100).all()  # shot transforms
     overlap = _tsv(report / "target_overlap.tsv")
     allrows = overlap[overlap["label"] == "all"]
     assert sorted(set(allrows["pair"])) == test
-    assert set(allrows["method"]) == {"affine", "lddmm", "syn-quick", "predict", "predict+correct", "predict-mc"}
+    assert set(allrows["method"]) == {"affine", "lddmm", "syn-quick", "predict", "predict+correct", "predict+refine",
+                                      "predict-mc"}
     assert allrows["target_overlap"].between(0, 1).all()
     mean = allrows.groupby("method")["target_overlap"].mean()
     assert mean["lddmm"] > mean["affine"]  # the reference registers the atlas better than the affine alone

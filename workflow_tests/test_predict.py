@@ -21,13 +21,14 @@ import torch
 import qs.cli
 from qs.io import QsInputError, save_array
 from qs.fields import model_shooter
-from qs.lddmm import lddmm_registration, warp_image
+from qs.lddmm import Objective, lddmm_registration, warp_image
 from qs.model_io import RUN_KEYS, load_model, save_model
 from qs.net import MCDropout, QuicksilverNet, enable_mc_dropout
 from qs.patches import extract_patches, patch_starts, reassemble, write_pair_patches
 from qs.predict.correction import COMPILE_MIN_SHOTS, correction_inputs, shooting_compile, warped_back_target
 from qs.predict.files import load_models, run_correction_patches, run_predict
 from qs.predict.mc_dropout import iter_momentum_samples, sample_momentum
+from qs.predict.refine import Refinement
 from qs.predict.registration import predict_registration
 from qs.predict.window import predict_momentum, prediction_starts
 from qs.transforms import read_ants_displacement
@@ -267,6 +268,55 @@ def test_correction_adds_the_residual_prediction(trained):
     a, b = PAIRS[0]
     mv, back2, resid = correction_inputs(trained["images"][a], trained["images"][b], trained["m0"][(a, b)], model, meta)
     assert torch.equal(back2, back.float()) and torch.equal(resid, trained["m0"][(a, b)] - m_pred)
+
+
+def test_refinement_lowers_the_lddmm_energy_from_the_prediction(trained):
+    """predict+refine: the start is the prediction's momentum with its LDDMM energy (the model's kernel and
+    sigma), the refinement lowers that energy, and the result is what the LDDMM optimiser gives from that start."""
+    model, meta = load_model(trained["random"])  # moves by millimetres: far from the pair's optimum
+    mov, tgt = trained["images"]["sub-01"], trained["images"]["sub-02"]
+    refinement = Refinement(3, 2, similarity="ssd")
+    res = predict_registration(model, meta, mov, tgt, progress=False, refinement=refinement)
+    plain = predict_registration(model, meta, mov, tgt, progress=False)
+    assert torch.equal(res.m_pred, plain.m_pred) and plain.m_refine is None and plain.summary["refine"] is None
+    assert torch.allclose(res.m0, res.m_pred + res.m_refine, atol=1e-6 * float(res.m0.abs().max()))
+    assert float(res.m_refine.abs().max()) > 0
+    r = res.summary["refine"]
+    obj = Objective(mov, tgt, meta["spacing"], alpha=meta["alpha"], beta=meta["beta"], gamma=meta["gamma"],
+                    sigma=meta["sigma"], time_steps=meta["time_steps"], similarity="ssd", compile=False)
+    assert r["energy_start"] == pytest.approx(obj.evaluate(res.m_pred).energy.total, rel=1e-4)
+    assert r["energy"] < r["energy_start"]
+    assert r["energy"] == pytest.approx(obj.evaluate(res.m0).energy.total, rel=1e-4)
+    assert (r["iterations"], r["coarse_iterations"], r["similarity"]) == (3, 2, "ssd")
+    assert "refined by 2 + 3" in res.summary["description"] and res.summary["detj_min"] > 0
+    ref = lddmm_registration(mov, tgt, meta["spacing"], m0=res.m_pred, iterations=3, coarse_iterations=2,
+                             alpha=meta["alpha"], beta=meta["beta"], gamma=meta["gamma"], sigma=meta["sigma"],
+                             time_steps=meta["time_steps"], similarity="ssd", progress=False)
+    assert torch.allclose(ref.phiinv, res.phiinv, atol=1e-4) and torch.allclose(ref.warped, res.warped, atol=1e-4)
+    # nothing to refine: no refinement at all
+    assert predict_registration(model, meta, mov, tgt, progress=False, refinement=Refinement(0)).m_refine is None
+    with pytest.raises(QsInputError, match="not combined with MC dropout"):
+        predict_registration(model, meta, mov, tgt, progress=False, refinement=refinement, samples=2)
+    with pytest.raises(ValueError, match="similarity must be one of"):
+        Refinement(1, similarity="mi")
+
+
+def test_refine_cli(trained, tmp_path, cli, capsys):
+    out = tmp_path / "refined"
+    mov, tgt = t1(trained, "sub-01"), t1(trained, "sub-02")
+    args = ["predict", "--model", str(trained["random"]), "--moving", str(mov), "--target", str(tgt), "--device", "cpu"]
+    assert cli([*args, "--out", str(out), "--refine", "2", "--similarity", "lncc", "--window", "3"]) == 0
+    js = json.loads((out / "summary.json").read_text())
+    assert js["refine"]["iterations"] == 2 and js["refine"]["coarse_iterations"] == 0
+    assert (js["refine"]["similarity"], js["refine"]["window"]) == ("lncc", 3)
+    assert js["refine"]["energy"] < js["refine"]["energy_start"] and js["detj_min"] > 0
+    assert (out / "m0.nii.gz").exists() and (out / "warped.nii.gz").exists()
+    bad = tmp_path / "bad"
+    with pytest.raises(SystemExit):
+        cli([*args, "--out", str(bad), "--refine", "-1"])
+    assert "--refine" in capsys.readouterr().err and not bad.exists()
+    assert cli([*args, "--out", str(bad), "--refine", "2", "--samples", "2"]) != 0
+    assert "not combined with MC dropout" in capsys.readouterr().err and not bad.exists()
 
 
 def test_mirror_axes_average_mirror_images_and_make_the_prediction_mirror_equivariant(trained):

@@ -169,11 +169,19 @@ def test_tiny_workflow_runs_the_whole_dag(tiny_run):
     report = res / "report"
     error = pd.read_csv(report / "deformation_error.tsv", sep="\t")
     assert list(error.columns) == ["method", "p0.3", "p5", "p25", "p50", "p75", "p95", "p99.7", "detj_pos_pct"]
-    assert set(error["method"]) == {"affine", "predict", "predict+correct", "predict-mc"}
-    assert (error.set_index("method").loc[["predict", "predict+correct", "predict-mc"], "detj_pos_pct"] == 100).all()
+    assert set(error["method"]) == {"affine", "predict", "predict+correct", "predict+refine", "predict-mc"}
+    assert (error.set_index("method").loc[["predict", "predict+correct", "predict+refine", "predict-mc"],
+                                          "detj_pos_pct"] == 100).all()
     overlap = pd.read_csv(report / "target_overlap.tsv", sep="\t", dtype={"label": str})
     assert list(overlap.columns) == ["pair", "method", "label", "target_overlap", "dice"]
-    assert set(overlap["method"]) == {"affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict-mc"}
+    assert set(overlap["method"]) == {"affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct",
+                                      "predict+refine", "predict-mc"}
+    for p in pairs.loc[pairs["split"] == "test", "pair"]:  # the refinement starts from the prediction and lowers its energy
+        refined = json.loads((res / "predict" / "predict-refine" / p / "summary.json").read_text())
+        plain = json.loads((res / "predict" / "predict" / p / "summary.json").read_text())
+        r = refined["refine"]
+        assert (r["iterations"], r["coarse_iterations"], r["similarity"]) == (2, 2, "lncc") and plain["refine"] is None
+        assert r["energy"] < r["energy_start"] and refined["corrected"] is False
     timing = pd.read_csv(report / "timing.tsv", sep="\t")
     assert list(timing.columns) == ["pair", "method", "seconds", "device", "threads"]
     assert len(timing) and (timing["seconds"] > 0).all()

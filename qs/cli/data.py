@@ -13,7 +13,8 @@ from ..settings import add_group
 def _demo(args):
     from ..demo import make_demo_cohort
 
-    sheet = make_demo_cohort(args.out, n_subjects=args.subjects, spacing=args.spacing, seed=args.seed, test_fraction=args.test_fraction)
+    sheet = make_demo_cohort(args.out, n_subjects=args.subjects, spacing=args.spacing, seed=args.seed,
+                             test_fraction=args.test_fraction, max_displacement_mm=args.max_displacement)
     print(sheet)
 
 

@@ -36,11 +36,26 @@ def _predict(args):
         args.model, args.moving, args.target, args.out, correction_model=args.correction_model,
         corrections=args.corrections, correction_stride=args.correction_stride, mirror_axes=args.mirror_axes,
         samples=args.samples, device=args.device, batch_size=args.batch_size, seed=args.seed, labels=args.labels,
-        expect=expect_from_args(args), stride=args.stride,
+        expect=expect_from_args(args), stride=args.stride, refinement=refinement_from_args(args),
     )
     keys = ("seconds", "seconds_total", "device", "detj_min", "detj_max", "samples", "corrected", "corrections",
-            "mirror_axes")
+            "mirror_axes", "refine")
     print(json.dumps({k: summary[k] for k in keys}))
+
+
+def add_refinement(p) -> None:
+    """``--refine --refine-coarse --similarity --window`` (settings group ``refine``): test-time refinement."""
+    g = p.add_argument_group("test-time refinement: LDDMM energy evaluations started from the prediction "
+                             "(the model's kernel, time steps and sigma)")
+    add_group(g, "refine")
+
+
+def refinement_from_args(args):
+    """The :class:`qs.predict.refine.Refinement` of ``--refine`` ..., or None when no evaluation is asked for."""
+    from ..predict.refine import Refinement
+
+    refinement = Refinement(args.refine, args.refine_coarse, args.similarity, args.window)
+    return refinement if refinement.active else None
 
 
 def _correction_patches(args):
@@ -76,6 +91,7 @@ def add_subcommands(sub) -> None:
                    help="patch stride of the correction network (default: --stride); smaller = more overlap, slower")
     p.add_argument("--seed", type=int, default=0, help="seed of the MC-dropout samples")
     add_mirror_axes(p)
+    add_refinement(p)
     add_lddmm_expect(p)
     p.set_defaults(func=_predict)
 

@@ -27,7 +27,8 @@ class RegistrationResult:
     """Tensors on the image grid (CPU): ``m0`` ``(3, *S)``; ``phiinv`` and ``phi``:
     displacements (mm, voxel axes) of ``phi_1^{-1}`` and ``phi_1``; ``warped`` =
     ``I0 o phi_1^{-1}``; ``history`` (see :class:`.optimize.OptimizeResult`);
-    ``summary`` (JSON-ready numbers)."""
+    ``summary`` (JSON-ready numbers; ``energy_initial`` is the history's first row, on the coarse grid of a
+    coarse-to-fine run, ``energy_start`` the start momentum's energy on the working grid)."""
 
     m0: torch.Tensor
     phiinv: torch.Tensor
@@ -68,6 +69,8 @@ def lddmm_registration(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS,
     if m0 is not None:
         m0 = torch.as_tensor(m0, dtype=dtype, device=dev)
     history = []
+    # the energy of the start on the working grid (the coarse level's rows come first in the history)
+    energy_start = obj.evaluate(obj.zeros() if m0 is None else m0).energy.total if coarse_iterations else None
     if coarse_iterations:
         coarse = Objective(coarsen_image(obj.I0), coarsen_image(obj.I1), coarse_spacing(obj.spacing), **settings)
         start = None if m0 is None else torch.stack([coarsen_image(c) for c in m0])
@@ -92,6 +95,7 @@ def lddmm_registration(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS,
         "coarse_iterations": int(coarse_iterations),
         "accepted_steps": int(sum(r["accepted"] for r in res.history[1:])),
         "energy_initial": history[0]["energy"],
+        "energy_start": history[0]["energy"] if energy_start is None else energy_start,
         "energy": res.energy.total,
         "matching": res.energy.matching,
         "regularity": res.energy.regularity,

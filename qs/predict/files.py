@@ -105,7 +105,7 @@ def _check_spacing(img, path, meta, model_path):
 def run_predict(model_path, moving, target, out_dir, *, correction_model=None, corrections: int = 1,
                 samples: int = 1, device="auto", batch_size: int = 64, seed: int = 0, labels=None,
                 expect: dict | None = None, stride=None, correction_stride=None, mirror_axes=(), progress=None,
-                compile="auto") -> dict:
+                compile="auto", refinement=None) -> dict:
     """``qs predict``: predict the registration of ``moving`` to ``target`` (files on one working grid).
 
     Writes the outputs listed in the module docstring under ``out_dir`` and
@@ -113,6 +113,7 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
     ``"outputs"``. Bad input raises :class:`qs.io.QsInputError` naming the
     file: different grids, a grid spacing other than the model's, wrong
     model kinds, mismatched LDDMM settings (see :func:`load_models`).
+    ``refinement``: a :class:`.refine.Refinement` (``qs predict --refine``) or None.
     """
     t_start = time.perf_counter()
     moving, target, out_dir = Path(moving), Path(target), Path(out_dir)
@@ -136,12 +137,13 @@ def run_predict(model_path, moving, target, out_dir, *, correction_model=None, c
                                correction=corr, corrections=corrections, samples=samples, seed=seed, stride=stride,
                                correction_stride=stride if correction_stride is None else correction_stride,
                                mirror_axes=mirror_axes, batch_size=batch_size, device=dev, progress=progress,
-                               compile=compile)
+                               compile=compile, refinement=refinement)
 
     why = "produced non-finite values (weights too large for these images?)"
     check_finite([
         ("the predicted momentum", res.m_pred, f"the model {model_path} {why}"),
         ("the correction momentum", res.m_corr, f"the correction model {correction_model} {why}"),
+        ("the refinement's momentum change", res.m_refine, "the LDDMM refinement of the prediction diverged"),
         ("the momentum", res.m0, "the sum of the predicted and the correction momentum overflowed"),
         ("the displacement of phi_1^{-1}", res.phiinv, "geodesic shooting of the predicted momentum diverged (a "
                                                        "momentum too large for the model's LDDMM settings)"),

@@ -40,6 +40,7 @@ from ..lddmm import jacobian_determinant, warp_image
 from ..net import has_mc_dropout
 from .correction import correction_rounds, shooting_compile, warped_back_target
 from .mc_dropout import UNCERTAINTY_DEFINITION, Welford, iter_momentum_samples
+from .refine import Refinement, refine_momentum
 from .window import as_volume, mirror_subsets, predict_momentum, prediction_starts, progress_bar, resolve, show_progress
 
 
@@ -49,7 +50,7 @@ class Prediction:
 
     ``m0`` the final momentum (None for a deformation model), ``m_pred`` the (mean) prediction (a deformation
     model's: the displacement), ``m_corr``
-    the (mean) correction or None, ``phiinv`` the displacement of
+    the (mean) correction or None, ``m_refine`` what the refinement added or None, ``phiinv`` the displacement of
     ``phi_1^{-1}`` (mm), ``warped`` ``I0 o phi_1^{-1}``, ``uncertainty``
     (mm^2, ``samples > 1``) or None, ``summary`` JSON-ready numbers.
     """
@@ -57,6 +58,7 @@ class Prediction:
     m0: torch.Tensor | None
     m_pred: torch.Tensor
     m_corr: torch.Tensor | None
+    m_refine: torch.Tensor | None
     phiinv: torch.Tensor
     warped: torch.Tensor
     uncertainty: torch.Tensor | None
@@ -65,7 +67,8 @@ class Prediction:
 
 def predict_registration(model, meta, moving, target, *, spacing=None, correction=None, corrections: int = 1,
                          samples: int = 1, seed: int = 0, stride=None, correction_stride=None, batch_size: int = 64,
-                         device="cpu", progress=None, compile="auto", mirror_axes=()) -> Prediction:
+                         device="cpu", progress=None, compile="auto", mirror_axes=(),
+                         refinement: Refinement | None = None) -> Prediction:
     """Predict (and correct) the LDDMM registration of ``moving`` to ``target`` (``(I, J, K)``, one grid).
 
     ``correction``: ``(model, meta)`` of the correction network or None.
@@ -77,6 +80,8 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
     ``samples > 1``: MC dropout (see the module docstring). ``mirror_axes``:
     every network pass (both networks, every sample) averages the pair's
     mirror images along these voxel axes (:func:`.window.predict_momentum`).
+    ``refinement``: refine the final momentum by a few LDDMM energy
+    evaluations (:mod:`.refine`; deterministic predictions only).
     ``spacing`` (mm) defaults to the model's working spacing.
     """
     samples, corrections = int(samples), int(corrections)
@@ -97,6 +102,12 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
     if not is_shot(field) and correction is not None:
         raise QsInputError("a model of field deformation predicts the displacement itself and has no correction "
                            "network (the paper's deformation variant has none); predict without --correct")
+    refining = refinement is not None and refinement.active
+    if refining and not is_shot(field):
+        raise QsInputError("a model of field deformation predicts no momentum to refine; predict without --refine")
+    if refining and samples > 1:
+        raise QsInputError("refinement (--refine) optimises one momentum; it is not combined with MC dropout "
+                           "samples (--samples > 1)")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
     shots = 1 + rounds + (samples if samples > 1 else 0)  # final, warp-backs, MC samples
@@ -158,7 +169,12 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
                 m_corr = m_corr + m_fixed
             uncertainty = spread.variance().sum(0).to("cpu", torch.float32)
         m0 = m_pred if m_corr is None else m_pred + m_corr
-        u = displacement(m0)
+    m_refine, refined = None, None
+    if refining:  # the LDDMM optimiser keeps no autograd graph either (its adjoint is hand-written)
+        refined = refine_momentum(m0, moving, target, meta, spacing, refinement, device=device, compile=compile)
+        m_refine, m0 = refined.m0 - m0.cpu(), refined.m0
+    with torch.no_grad():
+        u = displacement(m0) if refined is None else refined.phiinv.to(device)
         warped = warp_image(moving.to(device), u, spacing, outside_value=0.0)
         detj = jacobian_determinant(u.double(), spacing)
     sync()
@@ -186,6 +202,20 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "kernel": {k: v for k, v in kernel_settings(meta).items() if k != "time_steps"},
         "time_steps": kernel_settings(meta)["time_steps"],
         "sigma": meta.get("sigma"),
+        "description": None if refined is None else (
+            f"prediction refined by {refinement.coarse_iterations} + {refinement.iterations} LDDMM energy evaluations "
+            f"(L-BFGS, {refinement.similarity}; grid twice as coarse, then the working grid)"),
+        "refine": None if refined is None else {
+            "iterations": int(refinement.iterations),
+            "coarse_iterations": int(refinement.coarse_iterations),
+            "similarity": refinement.similarity,
+            "window": int(refinement.window),
+            "energy_start": refined.summary["energy_start"],
+            "energy": refined.summary["energy"],
+            "accepted_steps": refined.summary["accepted_steps"],
+            "seconds": refined.summary["seconds"],
+            "compiled": refined.summary["compiled"],
+        },
     }
     if uncertainty is not None:
         summary["uncertainty"] = {
@@ -196,5 +226,6 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
             "rms_spread_mm_max": float(uncertainty.max().sqrt()),
         }
     cpu = lambda t: t.detach().to("cpu", torch.float32)  # noqa: E731
-    return Prediction(m0=cpu(m0) if shooter is not None else None, m_pred=cpu(m_pred), m_corr=None if m_corr is None else cpu(m_corr),
+    return Prediction(m0=cpu(m0) if shooter is not None else None, m_pred=cpu(m_pred),
+                      m_corr=None if m_corr is None else cpu(m_corr), m_refine=None if m_refine is None else cpu(m_refine),
                       phiinv=cpu(u), warped=cpu(warped), uncertainty=uncertainty, summary=summary)

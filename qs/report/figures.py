@@ -22,7 +22,7 @@ from .tsv import PERCENTILE_COLUMNS
 _RC = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
        "xtick.labelsize": 10, "ytick.labelsize": 10}
 _COLORS = {"affine": "#7f7f7f", "lddmm": "#1f77b4", "syn": "#9467bd", "syn-quick": "#c5b0d5", "predict": "#ff7f0e",
-           "predict+correct": "#2ca02c", "predict-mc": "#d62728"}
+           "predict+correct": "#2ca02c", "predict+refine": "#17becf", "predict-mc": "#d62728"}
 
 
 def _color(m, i=0):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 #: table names in report order
-METHOD_ORDER = ("affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict-mc")
+METHOD_ORDER = ("affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict+refine", "predict-mc")
 #: the ANTs SyN baselines (:mod:`qs.syn`): CPU, their own transform chain, not compared with LDDMM's displacement
 SYN_METHODS = ("syn", "syn-quick")
 #: methods whose transform is compared with LDDMM's (besides ``affine``)
-PREDICTED = ("predict", "predict+correct", "predict-mc")
+PREDICTED = ("predict", "predict+correct", "predict+refine", "predict-mc")
 #: folder name of a method where it differs from its table name
-_FOLDER_NAMES = {"predict+correct": "predict-correct"}
+_FOLDER_NAMES = {"predict+correct": "predict-correct", "predict+refine": "predict-refine"}
 
 
 def method_name(name: str) -> str:
