@@ -199,6 +199,7 @@ def test_the_deformation_of_a_momentum_is_its_shot_displacement():
 def test_a_predicted_deformation_is_used_as_it_is_and_may_fold():
     """The paper's deformation variant: the network's displacement is the transform (no shooting, no filter),
     so nothing keeps det J > 0: a displacement that drops by 8 mm across two 2 mm voxels folds."""
+    from qs.predict.refine import Refinement
     from qs.predict.registration import predict_registration
 
     meta = dict(KERNEL, spacing=list(SPACING), patch=15, stride=7, momentum_scale=2.0, background_threshold=0.0,
@@ -211,6 +212,8 @@ def test_a_predicted_deformation_is_used_as_it_is_and_may_fold():
     assert res.summary["detj_min"] < 0 < res.summary["detj_max"]  # folds where the 8 mm displacement ends
     with pytest.raises(QsInputError, match="has no correction network"):
         predict_registration(_Constant(c), meta, a, b, correction=(_Constant(c), meta), progress=False)
+    with pytest.raises(QsInputError, match="predicts no momentum to refine"):
+        predict_registration(_Constant(c), meta, a, b, refinement=Refinement(2), progress=False)
 
 
 def test_qs_patches_field_deformation(tmp_path):

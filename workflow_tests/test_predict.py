@@ -288,7 +288,7 @@ def test_refinement_lowers_the_lddmm_energy_from_the_prediction(trained):
     assert r["energy"] < r["energy_start"]
     assert r["energy"] == pytest.approx(obj.evaluate(res.m0).energy.total, rel=1e-4)
     assert (r["iterations"], r["coarse_iterations"], r["similarity"]) == (3, 2, "ssd")
-    assert "refined by 2 + 3" in res.summary["description"] and res.summary["detj_min"] > 0
+    assert res.summary["detj_min"] > 0
     ref = lddmm_registration(mov, tgt, meta["spacing"], m0=res.m_pred, iterations=3, coarse_iterations=2,
                              alpha=meta["alpha"], beta=meta["beta"], gamma=meta["gamma"], sigma=meta["sigma"],
                              time_steps=meta["time_steps"], similarity="ssd", progress=False)

@@ -167,6 +167,9 @@ CHANGES = [  # (dotted key, new value, the jobs that rerun)
     ("predict.mirror_axes", [1], {"correction_patches", "train_correction"} | TESTING - {"predict_mc"}),
     ("predict.corrections", 1, {"predict", "evaluate_pair", "report", "provenance"}),
     ("predict.correction_stride", 7, {"predict", "evaluate_pair", "report", "provenance"}),
+    ("predict.refine_iterations", 3, {"predict", "evaluate_pair", "report", "provenance"}),  # predict-refine's jobs
+    ("cohort.demo.max_displacement_mm", [4.0, 6.0],
+     {"demo", "validate_subject", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("train.loss", "l2", {"train_prediction", "correction_patches", "train_correction"} | TESTING),
     ("preprocess.normalize", "max", {"preprocess", "lddmm", "syn"} | TRAINING | TESTING),
     ("grid.margin_mm", 6.0, {"working_grid", "preprocess", "lddmm", "syn"} | TRAINING | TESTING),

@@ -73,9 +73,11 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     run = snakemake("-n", "--quiet", "rules", cwd=tmp_path)  # not in the checkout: a finished demo there plans nothing
     assert run.returncode == 0, run.output
     out = run.output
-    plan = {"builtin_atlas": 1, "demo": 1, "working_grid": 1, "cohort_tables": 1, "validate_subject": 8, "preprocess": 8,
-            "lddmm": 10, "patches": 8, "train_prediction": 1, "correction_patches": 8, "train_correction": 1, "predict": 4,
-            "predict_mc": 2, "syn": 4, "evaluate_pair": 2, "provenance": 1, "report": 1, "all": 1}  # syn: 2 variants
+    # the demo: 9 subjects (3 test: 6 reference pairs, 10 training pairs); predict: predict and predict-refine
+    # (the demo has no correction network); syn: syn-quick only
+    plan = {"builtin_atlas": 1, "demo": 1, "working_grid": 1, "cohort_tables": 1, "validate_subject": 9, "preprocess": 9,
+            "lddmm": 16, "patches": 10, "train_prediction": 1, "predict": 12, "predict_mc": 6, "syn": 6,
+            "evaluate_pair": 6, "provenance": 1, "report": 1, "all": 1}
     assert planned_jobs(out) == plan, out
 
 
@@ -119,7 +121,11 @@ def test_deformation_field_plans_no_correction_and_no_momentum_files(tmp_path):
     extra.write_text("train: {field: deformation}\n")
     run = snakemake("-n", "--configfile", str(TINY), str(extra), cwd=tmp_path)
     assert run.returncode != 0 and "train.field is deformation" in run.output and "train.correction: false" in run.output
-    extra.write_text("train: {field: deformation, correction: false}\n")
+    extra.write_text("train: {field: deformation, correction: false}\n")  # the tiny config refines the predictions
+    run = snakemake("-n", "--configfile", str(TINY), str(extra), cwd=tmp_path)
+    assert run.returncode != 0 and "the refinement optimises a momentum" in run.output
+    no_refine = "predict: {refine_iterations: 0, refine_coarse_iterations: 0}\n"
+    extra.write_text("train: {field: deformation, correction: false}\n" + no_refine)
     run = snakemake("-n", "-p", "--configfile", str(TINY), str(extra), cwd=tmp_path)
     assert run.returncode == 0, run.output[-3000:]
     jobs = planned_jobs(run.output)
@@ -128,7 +134,8 @@ def test_deformation_field_plans_no_correction_and_no_momentum_files(tmp_path):
     assert any("--field deformation" in c and " qs patches " in f" {c.removeprefix('Shell command: ')}" for c in cmds)
     outputs = [line for line in run.output.splitlines() if line.strip().startswith("output: results/predict/")]
     assert outputs and all("m0.nii.gz" not in line and "warp.nii.gz" in line for line in outputs)
-    extra.write_text("train: {field: deformation, correction: false}\nregister: {pairs: atlas-to-image, method: predict}\n")
+    extra.write_text("train: {field: deformation, correction: false}\nregister: {pairs: atlas-to-image, method: predict}\n"
+                     + no_refine)
     run = snakemake("-n", "--configfile", str(TINY), str(extra), cwd=tmp_path)
     assert run.returncode != 0 and "register.pairs is atlas-to-image but train.field is deformation" in run.output
 

@@ -202,9 +202,6 @@ def predict_registration(model, meta, moving, target, *, spacing=None, correctio
         "kernel": {k: v for k, v in kernel_settings(meta).items() if k != "time_steps"},
         "time_steps": kernel_settings(meta)["time_steps"],
         "sigma": meta.get("sigma"),
-        "description": None if refined is None else (
-            f"prediction refined by {refinement.coarse_iterations} + {refinement.iterations} LDDMM energy evaluations "
-            f"(L-BFGS, {refinement.similarity}; grid twice as coarse, then the working grid)"),
         "refine": None if refined is None else {
             "iterations": int(refinement.iterations),
             "coarse_iterations": int(refinement.coarse_iterations),
