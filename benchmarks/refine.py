@@ -17,7 +17,8 @@ SyN gets), on every test pair (or the first ``--pairs``):
 * ``predict`` (the run's stride and mirror images), ``predict+correct`` (its
   correction rounds), and ``predict+refine C+F`` for each ``--refine C:F``
   (C evaluations on the grid twice as coarse, then F on the working grid,
-  started from that same prediction; its seconds = the prediction's + the
+  started from that same prediction, or with ``--start-mirror-axes`` from a
+  prediction with other mirror passes; its seconds = the prediction's + the
   refinement's).
 
 Per method and pair: the Klein et al. 2009 target overlap pooled over the
@@ -105,6 +106,9 @@ def main(argv=None) -> int:
                    help="predict+refine settings: C coarse and F working-grid evaluations")
     p.add_argument("--lddmm", nargs="*", default=[], metavar="NAME=JSON", help="extra LDDMM variants")
     p.add_argument("--syn", action="store_true", help="also SyN at full strength (~10 min per pair)")
+    p.add_argument("--start-mirror-axes", type=int, nargs="*", choices=[0, 1, 2], metavar="AXIS",
+                   help="the refinements start from a prediction with these mirror axes (none: a single pass) "
+                        "instead of the run's predict.mirror_axes; that prediction is a row of its own")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tsv", type=Path, help="also write the per-pair rows to this TSV")
     args = p.parse_args(argv)
@@ -186,11 +190,17 @@ def main(argv=None) -> int:
                                            correction_stride=P["correction_stride"] or predict_kw["stride"],
                                            **predict_kw)
                 record("predict+correct", res.summary["seconds"], res.phiinv)
+            start, tag = plain, ""
+            if args.start_mirror_axes is not None:
+                start = predict_registration(model, meta, I0, I1, spacing=h,
+                                             **{**predict_kw, "mirror_axes": tuple(args.start_mirror_axes)})
+                tag = f" (mirrors {''.join(map(str, args.start_mirror_axes)) or 'none'})"
+                record(f"predict{tag}", start.summary["seconds"], start.phiinv)
             for r in refinements:
                 t = time.perf_counter()
-                res = refine_momentum(plain.m0, I0, I1, meta, h, r, device="cpu")
-                record(f"predict+refine {r.coarse_iterations}+{r.iterations}",
-                       plain.summary["seconds"] + time.perf_counter() - t, res.phiinv)
+                res = refine_momentum(start.m0, I0, I1, meta, h, r, device="cpu")
+                record(f"predict{tag}+refine {r.coarse_iterations}+{r.iterations}",
+                       start.summary["seconds"] + time.perf_counter() - t, res.phiinv)
     df = pd.DataFrame(rows)
     if args.tsv:
         df.to_csv(args.tsv, sep="\t", index=False, float_format="%.4f")
