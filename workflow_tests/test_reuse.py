@@ -195,7 +195,7 @@ def test_a_fitting_model_passes_and_says_where_it_comes_from(fitting_model):
                              "'builtin MNI ICBM152 2009a, margin 4.0 mm'")),
     ("preprocess.normalize", "histeq", "preprocess.normalize: the model has 'percentile', the config has 'histeq'"),
     ("lddmm.alpha", 0.01, "lddmm.alpha: the model has 0.08, the config has 0.01"),
-    ("lddmm.time_steps", 10, "lddmm.time_steps: the model has 5, the config has 10"),
+    ("lddmm.time_steps", 10, "lddmm.time_steps: the model has 3, the config has 10"),
     ("lddmm.sigma", 0.1, "lddmm.sigma: the model has 0.2, the config has 0.1"),
     ("train.field", "momentum", "train.field: the model has 'velocity', the config has 'momentum'"),
     ("train.architecture", "dilated", "train.architecture: the model has 'dilated-match', the config has 'dilated'"),
