@@ -61,21 +61,17 @@ def run_settings(results: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_pairs(results: Path, limit: int) -> list[dict]:
-    pairs = pd.read_csv(results / "cohort" / "pairs.tsv", sep="\t", keep_default_na=False, dtype=str)
-    test = pairs[pairs["split"] == "test"]
-    if test.empty:
-        sys.exit(f"{results}/cohort/pairs.tsv has no test pair")
+def reference_pairs(results: Path, limit: int) -> list[dict]:
+    """The run's test pairs (:func:`syn.test_pairs`: images and labels) with their LDDMM warp; the first ``limit``."""
+    from syn import test_pairs  # benchmarks/syn.py, beside this script
+
     out = []
-    for r in test.itertuples():
-        f = {k: results / "preprocessed" / s / f"{s}_{kind}.nii.gz"
-             for k, s, kind in (("moving", r.moving, "T1w"), ("target", r.target, "T1w"),
-                                ("moving_labels", r.moving, "labels"), ("target_labels", r.target, "labels"))}
-        f["lddmm"] = results / "lddmm" / r.pair / "warp.nii.gz"
-        missing = [str(p) for p in f.values() if not p.is_file()]
-        if missing:
-            sys.exit(f"missing: {', '.join(missing)} (run the workflow first)")
-        out.append({"pair": r.pair, **f})
+    for pair, moving, target, moving_labels, target_labels in test_pairs(results):
+        lddmm = results / "lddmm" / pair / "warp.nii.gz"
+        if not lddmm.is_file():
+            sys.exit(f"{lddmm}: missing (run the workflow first)")
+        out.append({"pair": pair, "moving": moving, "target": target, "moving_labels": moving_labels,
+                    "target_labels": target_labels, "lddmm": lddmm})
     return out[:limit] if limit else out
 
 
@@ -146,7 +142,7 @@ def main(argv=None) -> int:
                                       device="cpu")
     predict_kw = dict(stride=P["stride"] or None, mirror_axes=tuple(P["mirror_axes"]), batch_size=P["batch_size"],
                       device="cpu", progress=False)
-    pairs = test_pairs(args.results, args.pairs)
+    pairs = reference_pairs(args.results, args.pairs)
     syn_names = ["syn-quick", *(["syn"] if args.syn else [])]
     print(f"{len(pairs)} test pairs; {args.threads} thread(s); LDDMM {L['coarse_iterations']} + {L['iterations']} "
           f"evaluations, {L['time_steps']} RK4 steps", flush=True)

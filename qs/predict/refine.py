@@ -53,7 +53,7 @@ def refine_momentum(m0: torch.Tensor, moving, target, meta: dict, spacing, refin
 
     Returns the :class:`qs.lddmm.registration.RegistrationResult` of the
     optimisation started from ``m0`` (its ``m0``, ``phiinv``, ``warped`` and
-    ``summary``, whose ``energy_initial`` is the energy of the start).
+    ``summary``, whose ``energy_start`` is the energy of ``m0`` on the working grid).
     """
     k = kernel_settings(meta)
     return lddmm_registration(moving, target, tuple(float(h) for h in spacing), m0=m0,
