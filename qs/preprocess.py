@@ -65,6 +65,21 @@ def _warp_to_grid(atlas_path, image_path, transforms, *, labels=False) -> np.nda
     return np.rint(data).astype(np.int32) if labels else data.astype(np.float32)
 
 
+def affine_qc_measures(affine_ras: np.ndarray) -> dict:
+    """What a reader checks of an affine (4x4, atlas point -> subject point, mm): ``affine_determinant``,
+    ``scales`` (the three stretches of its polar decomposition ``A = R S``, sorted, > 1 = the subject is larger than
+    the atlas along that direction), ``rotation_deg`` (the angle of ``R``) and ``shear`` (largest off-diagonal of
+    ``S / mean scale``)."""
+    a = np.asarray(affine_ras, dtype=float)[:3, :3]
+    u, sv, vt = np.linalg.svd(a)
+    r = u @ vt
+    stretch = vt.T @ np.diag(sv) @ vt
+    off = stretch / sv.mean() - np.diag(np.diag(stretch / sv.mean()))
+    angle = float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1)))) if np.linalg.det(r) > 0 else None
+    return {"affine_determinant": float(np.linalg.det(a)), "scales": sorted(float(x) for x in sv),
+            "rotation_deg": angle, "shear": float(np.abs(off).max())}  # rotation_deg None: the affine mirrors
+
+
 def ncc(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
     """Normalized cross-correlation of two images inside a mask."""
     x, y = a[mask > 0].astype(np.float64), b[mask > 0].astype(np.float64)
@@ -122,11 +137,15 @@ def preprocess_subject(
 
     atlas_data = np.asarray(atlas.dataobj)
     affine_ras = aff.affine_matrix_ras(mat)
+    support = t1_grid > 0  # what the subject's image holds on the grid (a skull strip may lack the cerebellum)
     qc = {
         "subject": subject,
         "affine_ras": affine_ras.round(6).tolist(),
-        "affine_determinant": float(np.linalg.det(affine_ras[:3, :3])),
-        "ncc_with_atlas": ncc(t1_grid, atlas_data, mask),
+        **affine_qc_measures(affine_ras),
+        "ncc_with_atlas": ncc(t1_grid, atlas_data, mask & support),
+        "atlas_mask_coverage": float((mask & support).sum() / max(int(mask.sum()), 1)),
+        "start_rotation": result["search"]["rotation"] if result["search"] else None,
+        "reoriented": bool(result["search"] and result["search"]["rotation_index"] != 0),
         "normalize": normalize,
         "seed": seed,
     }
