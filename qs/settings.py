@@ -75,7 +75,8 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                               "predict.corrections", "predict.correction_stride", "register.pairs", "register.method")),
     "predict_mc": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.device", "predict.samples")),
     "syn": (("seed", "syn"), ()),
-    "report": ((), ("train.field",)),
+    "evaluate_pair": ((), ("evaluate.exclude_labels",)),
+    "report": ((), ("train.field", "evaluate.exclude_labels", "evaluate.label_names")),
     "ablation_patches": (("kernel",), ("train.patch", "train.background_threshold")),
     "ablation_train_prediction": (("seed", "kernel", "network", "preprocess"),
                                   ("grid.spacing", "train.target_contrast", *ATLAS_IDENTITY)),
@@ -83,6 +84,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "ablation_train_correction": (("seed", "kernel", "network", "preprocess"),
                                   ("grid.spacing", "train.target_contrast", "train.correction_init", *ATLAS_IDENTITY)),
     "ablation_predict": (("seed", "kernel"), ("predict.batch_size", "predict.device")),
+    "ablation_evaluate": ((), ("evaluate.exclude_labels",)),
     "ablation_table": ((), ("ablation.variants", "train.patch", "train.dropout")),
     "provenance": ((), ("*",)),
 }

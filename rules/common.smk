@@ -369,14 +369,21 @@ def evaluation_inputs(w):
     return out
 
 
+def label_flags(input):
+    """``qs evaluate-pair``'s label arguments from its inputs, and the labels the evaluation leaves out."""
+    flags = []
+    for key in ("target_labels", "moving_labels"):
+        if key in input.keys():
+            flags += [f"--{key.replace('_', '-')}", input[key]]
+    excluded = config["evaluate"]["exclude_labels"]
+    return flags + (["--exclude-labels", *excluded] if excluded else [])
+
+
 def evaluation_args(w, input):
     """Arguments of ``qs evaluate-pair`` built from its inputs (``--method NAME=FOLDER`` ...)."""
     methods = [m for m in (*config["evaluate"]["syn_variants"], *predicted_methods()) if m in input.keys()]
     flags = [arg for m in methods for arg in ("--method", f"{m}={os.path.dirname(input[m])}")]
-    for key in ("target_labels", "moving_labels"):
-        if key in input.keys():
-            flags += [f"--{key.replace('_', '-')}", input[key]]
-    return flags
+    return flags + label_flags(input)
 
 
 def report_example():
@@ -446,7 +453,15 @@ def get_final_output():
     return out
 
 
-REPORT_FILES = ["deformation_error.tsv", "target_overlap.tsv", "timing.tsv", "summary.md"]
+REPORT_FILES = [
+    "deformation_error.tsv",
+    "target_overlap.tsv",
+    "timing.tsv",
+    "affine_qc.tsv",
+    "label_overlap.tsv",
+    "accuracy_time.tsv",
+    "summary.md",
+]
 
 
 def preprocess_outputs():
@@ -520,7 +535,4 @@ def ablation_evaluation_inputs(w):
 
 def ablation_evaluation_args(w, input):
     flags = [arg for name in ABLATION for arg in ("--method", f"{name}={os.path.dirname(input[name])}")]
-    for key in ("target_labels", "moving_labels"):
-        if key in input.keys():
-            flags += [f"--{key.replace('_', '-')}", input[key]]
-    return flags
+    return flags + label_flags(input)

@@ -11,6 +11,8 @@ rule report:
         ],
         example=lambda w: [v for k, v in report_example().items() if k != "pair"],
         provenance=rules.provenance.output,
+        affine_qc=expand(preprocessed("{subject}", "preprocess.json"), subject=SUBJECTS),
+        label_names=[config["evaluate"]["label_names"]] if config["evaluate"]["label_names"] else [],
     output:
         tables=[f"{R}/report/{name}" for name in REPORT_FILES],
         overlap=report(f"{R}/report/target_overlap.png", caption="../report/target_overlap.rst", category="Evaluation"),
@@ -19,6 +21,12 @@ rule report:
         ),
         example=report(f"{R}/report/example_pair.png", caption="../report/example_pair.rst", category="Evaluation"),
         loss=report(f"{R}/report/loss.png", caption="../report/training_loss.rst", category="Training"),
+        accuracy_time=report(
+            f"{R}/report/accuracy_time.png", caption="../report/accuracy_time.rst", category="Evaluation"
+        ),
+        label_overlap=report(
+            f"{R}/report/label_overlap.png", caption="../report/label_overlap.rst", category="Evaluation"
+        ),
     log:
         f"{LOGS}/report.log",
     benchmark:
@@ -38,6 +46,10 @@ rule report:
         # which cohort and run trained the models (models.*: from their metadata)
         models=[a for kind, origin in MODEL_ORIGIN.items() for a in ("--provenance", f"{kind} model={origin}")],
         field=config["train"]["field"],
+        labels=lambda w, input: (
+            (["--exclude-labels", *config["evaluate"]["exclude_labels"]] if config["evaluate"]["exclude_labels"] else [])
+            + (["--label-names", input.label_names[0]] if input.label_names else [])
+        ),
         out=lambda w, output: os.path.dirname(output.overlap),
     shell:
-        "qs report {params.pair_dirs:q} {params.losses:q} {params.example:q} --provenance-dir {params.provenance:q} {params.models:q} --field {params.field:q} --out {params.out:q} > {log:q} 2>&1"
+        "qs report {params.pair_dirs:q} {params.losses:q} {params.example:q} --provenance-dir {params.provenance:q} {params.models:q} --field {params.field:q} --affine-qc {input.affine_qc:q} {params.labels:q} --out {params.out:q} > {log:q} 2>&1"

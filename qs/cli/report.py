@@ -27,7 +27,8 @@ def _evaluate_pair_cli(args):
 
     methods = _pairs_of(args.method, "--method")
     out = evaluate_pair(args.pair, args.out, lddmm_dir=args.lddmm, method_dirs=methods,
-                        target_labels=args.target_labels, moving_labels=args.moving_labels, mask=args.mask)
+                        target_labels=args.target_labels, moving_labels=args.moving_labels, mask=args.mask,
+                        exclude_labels=args.exclude_labels)
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
 
@@ -79,6 +80,8 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--target-labels", type=Path, help="target labels on the working grid (> 0 = brain mask)")
     p.add_argument("--moving-labels", type=Path, help="moving labels on the working grid (the affine method's warped labels)")
     p.add_argument("--mask", type=Path, help="brain mask on the working grid, used when there are no target labels")
+    p.add_argument("--exclude-labels", type=int, nargs="+", default=[], metavar="ID",
+                   help="label ids left out of the evaluation (overlap and brain mask); config evaluate.exclude_labels")
     p.add_argument("--out", required=True, type=Path,
                    help="output folder: deformation_error.npz, detj.tsv, overlap.tsv, timing.tsv")
     p.set_defaults(func=_evaluate_pair_cli)

@@ -76,7 +76,7 @@ def read_warp(path, grid, grid_name) -> np.ndarray:
 
 
 def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_labels=None, moving_labels=None,
-                  mask=None) -> dict[str, Path]:
+                  mask=None, exclude_labels=()) -> dict[str, Path]:
     """Evaluate one test pair against LDDMM optimization; write the four per-pair files into ``out_dir``.
 
     ``method_dirs`` maps method names (table or folder names: ``syn``, ``syn-quick``,
@@ -84,7 +84,10 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
     to their result folders. Every method except the SyN ones must have a
     ``warp.nii.gz`` on LDDMM's grid. ``target_labels`` (> 0) define the brain
     mask; without them ``mask`` (a NIfTI on the same grid) is used. The
-    affine method's warped labels are the ``moving_labels``.
+    affine method's warped labels are the ``moving_labels``. ``exclude_labels``:
+    label ids left out of the evaluation (LPBA40's 181 and 182, which its skull
+    strip removed): the target's voxels of these ids count as background, for
+    the overlap and for the brain mask of the deformation error.
 
     Returns the paths of ``deformation_error.npz``, ``detj.tsv``,
     ``overlap.tsv`` and ``timing.tsv``.
@@ -111,7 +114,13 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
         tl = load_labels(target_labels)
         check_same_grid(grid, tl, grid_name, target_labels)
         target = np.asarray(tl.dataobj)
+        if len(exclude_labels):
+            target = np.where(np.isin(target, np.asarray(exclude_labels, dtype=target.dtype)), 0, target)
+            tl = nib.Nifti1Image(target, tl.affine, tl.header)
         brain = target > 0
+        if not brain.any():
+            left_out = f" once labels {list(exclude_labels)} are left out (evaluate.exclude_labels)" if len(exclude_labels) else ""
+            raise QsInputError(f"{target_labels}: the target has no labels{left_out}")
     elif mask is not None:
         mi = load_image(mask, what="brain mask")
         check_same_grid(grid, mi, grid_name, mask)
