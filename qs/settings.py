@@ -74,7 +74,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "register": (("seed",), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                               "predict.corrections", "predict.correction_stride", "register.pairs", "register.method")),
     "predict_mc": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.device", "predict.samples")),
-    "syn": (("seed", "syn"), ()),
+    "syn": (("seed", "syn"), ("evaluate.syn_variants",)),
     "evaluate_pair": ((), ("evaluate.exclude_labels",)),
     "report": ((), ("train.field", "evaluate.exclude_labels", "evaluate.label_names")),
     "ablation_patches": (("kernel",), ("train.patch", "train.background_threshold")),

@@ -11,6 +11,9 @@ Two variants (the report's methods):
 * ``syn-quick``: ANTsPy's defaults (``type_of_transform="SyN"``): an affine
   stage, then SyN with Mattes mutual information and 40x20x0 iterations (none
   at the finest level).
+* named settings ``syn-NAME`` (``evaluate.syn_variants`` entries
+  ``{name, metric, radius, iterations}``): deformable-only SyN like ``syn``,
+  each setting defaulting to ``syn``'s (:func:`variant_specs`).
 
 The transforms are ANTs' own files (``warp.nii.gz`` displacement field, and
 the affine ANTs writes first: the identity for ``syn``):
@@ -21,6 +24,7 @@ reproduces ``warped.nii.gz``; ``summary.json`` lists that chain under
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -28,7 +32,8 @@ from .affine import _ants, apply_transforms, seed_ants, set_ants_threads
 from .io import QsInputError, check_same_grid, copy_file, load_image, load_labels, write_json
 from .settings import default
 
-VARIANTS = ("syn", "syn-quick")
+VARIANTS = ("syn", "syn-quick")  # the built-in variants; named ones match NAME_PATTERN
+NAME_PATTERN = re.compile(r"syn-[a-z0-9]+(-[a-z0-9]+)*")
 METRICS = ("CC", "mattes")
 #: the ``syn`` variant's settings when not given: the schema's defaults of ``evaluate.syn_metric``,
 #: ``syn_radius``, ``syn_iterations`` (the workflow passes its config's)
@@ -45,8 +50,7 @@ def ants_settings(variant: str = "syn", *, metric: str = DEFAULT_METRIC, radius:
     ``radius``: the CC window's radius in voxels (window ``2 radius + 1``);
     ``iterations``: per level, coarse to fine, each > 0.
     """
-    if variant not in VARIANTS:
-        raise QsInputError(f"SyN variant must be one of {', '.join(VARIANTS)}, got '{variant}'")
+    check_variant_name(variant)
     if variant == "syn-quick":
         return dict(QUICK)
     if metric not in METRICS:
@@ -58,6 +62,42 @@ def ants_settings(variant: str = "syn", *, metric: str = DEFAULT_METRIC, radius:
         raise QsInputError(f"SyN CC radius must be at least 1 voxel, got {radius}")
     return {"type_of_transform": "SyNOnly", "syn_metric": metric,
             "syn_sampling": int(radius) if metric == "CC" else MATTES_BINS, "reg_iterations": iterations}
+
+
+def check_variant_name(name: str) -> str:
+    """``name`` if it names a SyN variant (``syn``, ``syn-quick`` or ``syn-`` + lower-case words joined by -)."""
+    if name not in VARIANTS and not NAME_PATTERN.fullmatch(str(name)):
+        raise QsInputError(f"SyN variant must be syn, syn-quick or a name syn-<lower-case letters, digits, dashes>, "
+                           f"got '{name}'")
+    return name
+
+
+def variant_specs(variants, *, metric: str = DEFAULT_METRIC, radius: int = DEFAULT_RADIUS,
+                  iterations=DEFAULT_ITERATIONS) -> dict[str, dict | None]:
+    """Name -> settings (``metric``, ``radius``, ``iterations``; None for ``syn-quick``) of ``evaluate.syn_variants``.
+
+    ``variants``: the config list, names (``syn``, ``syn-quick``) and dicts
+    ``{name, metric, radius, iterations}`` whose missing keys take ``syn``'s
+    settings (``metric``, ``radius``, ``iterations``). A name given twice is refused.
+    """
+    out = {}
+    for v in variants:
+        spec = {"name": v} if isinstance(v, str) else dict(v)
+        name = check_variant_name(spec.pop("name", ""))
+        if name in out:
+            raise QsInputError(f"config: evaluate.syn_variants: '{name}' is given twice")
+        if name == "syn-quick":
+            if spec:
+                raise QsInputError("config: evaluate.syn_variants: syn-quick runs ANTsPy's defaults; it takes no settings")
+            out[name] = None
+            continue
+        if name == "syn" and spec:
+            raise QsInputError("config: evaluate.syn_variants: syn's settings are evaluate.syn_metric, syn_radius and "
+                               "syn_iterations; name another setting syn-<something>")
+        settings = {"metric": metric, "radius": radius, "iterations": list(iterations)} | spec
+        ants_settings(name, **settings)  # refuses a bad metric, radius or iteration list
+        out[name] = settings
+    return out
 
 
 def describe(settings: dict) -> str:

@@ -16,6 +16,7 @@ from qs.io import QsInputError
 from qs.report.ablation import model_key, variants as ablation_variants
 from qs.reuse import atlas_identity, check_model_fits, trained_on
 from qs.settings import group_args
+from qs.syn import variant_specs
 from qs.validate import config_error
 
 try:
@@ -100,6 +101,15 @@ if config["train"]["target_contrast"] == "T2" and not HAS_T2:
         "qs: error: config: train.target_contrast is T2 (multimodal) but the cohort has no t2 image for every subject"
     )
 
+
+#: the SyN baselines of evaluate.syn_variants: name -> settings (qs.syn.variant_specs; None: syn-quick)
+try:
+    _ev = config["evaluate"]
+    SYN_VARIANTS = variant_specs(
+        _ev["syn_variants"], metric=_ev["syn_metric"], radius=_ev["syn_radius"], iterations=_ev["syn_iterations"]
+    )
+except QsInputError as exc:
+    sys.exit(f"qs: error: {exc}")
 
 MODELS = {kind: config["models"][kind] for kind in ("prediction", "correction")}
 REUSE = bool(MODELS["prediction"])  # models of an earlier run: no LDDMM on training pairs, no training
@@ -352,8 +362,14 @@ def refine_flags(wildcards):
 
 def syn_args(wildcards):
     """``qs syn``'s flags of the ``{variant}``: ``syn``'s settings from config (qs.settings group ``syn``:
-    ``evaluate.syn_metric``, ``syn_radius``, ``syn_iterations``); none for ``syn-quick`` (ANTsPy's defaults)."""
-    return group_args(config, "syn") if wildcards.variant == "syn" else []
+    ``evaluate.syn_metric``, ``syn_radius``, ``syn_iterations``), a named setting's own (its keys defaulting to
+    ``syn``'s); none for ``syn-quick`` (ANTsPy's defaults)."""
+    if wildcards.variant == "syn":
+        return group_args(config, "syn")
+    spec = SYN_VARIANTS[wildcards.variant]
+    if spec is None:
+        return []
+    return ["--metric", spec["metric"], "--radius", spec["radius"], "--iterations", *spec["iterations"]]
 
 
 def evaluation_inputs(w):
@@ -361,7 +377,7 @@ def evaluation_inputs(w):
     out = {"lddmm": f"{R}/lddmm/{w.pair}/warp.nii.gz", "mask": f"{R}/atlas/atlas_mask.nii.gz"}
     for m in predicted_methods():
         out[m] = f"{R}/predict/{m}/{w.pair}/warp.nii.gz"
-    for v in config["evaluate"]["syn_variants"]:
+    for v in SYN_VARIANTS:
         out[v] = f"{R}/{v}/{w.pair}/summary.json"
     if HAS_LABELS:
         out["target_labels"] = labels_of(pairs.loc[w.pair, "target"])
@@ -381,7 +397,7 @@ def label_flags(input):
 
 def evaluation_args(w, input):
     """Arguments of ``qs evaluate-pair`` built from its inputs (``--method NAME=FOLDER`` ...)."""
-    methods = [m for m in (*config["evaluate"]["syn_variants"], *predicted_methods()) if m in input.keys()]
+    methods = [m for m in (*SYN_VARIANTS, *predicted_methods()) if m in input.keys()]
     flags = [arg for m in methods for arg in ("--method", f"{m}={os.path.dirname(input[m])}")]
     return flags + label_flags(input)
 

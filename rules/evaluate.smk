@@ -2,7 +2,7 @@
 
 
 # The SyN baselines of evaluate.syn_variants (qs/syn.py, docs/syn.md): syn (full strength, settings from
-# config) and syn-quick (ANTsPy's defaults), each in its own folder results/{variant}/{pair}/.
+# config), syn-quick (ANTsPy's defaults) and named settings syn-*, each in its own folder results/{variant}/{pair}/.
 rule syn:
     input:
         moving=pair_image("moving"),
@@ -17,7 +17,7 @@ rule syn:
     benchmark:
         f"{BENCH}/{{variant}}/{{pair}}.tsv"
     wildcard_constraints:
-        variant="syn|syn-quick",
+        variant="|".join(SYN_VARIANTS) or "syn",
     conda:
         "../envs/qs.yaml"
     threads: resources_of("evaluate")["threads"]

@@ -66,8 +66,13 @@ def test_predict_device_is_checked_at_run_time():
 
 
 def test_syn_variants():
+    """The schema's built-in SyN variants are qs syn's, and its pattern of named settings is qs.syn's."""
+    from qs.syn import NAME_PATTERN
+
     variants = yaml.safe_load((ROOT / "qs" / "schemas" / "config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]["syn_variants"]
-    assert set(variants["items"]["enum"]) == set(_cli_choices("syn", "--variant")) == set(SYN_VARIANTS)
+    builtin, named = variants["items"]["oneOf"]
+    assert set(builtin["enum"]) == set(SYN_VARIANTS)
+    assert named["properties"]["name"]["pattern"] == f"^{NAME_PATTERN.pattern}$"
 
 
 def test_train_kinds():

@@ -146,8 +146,25 @@ def test_seeded_runs_are_reproducible(pair, tmp_path):
 def test_schema_names_the_variants_and_metrics_of_the_code(tmp_path):
     """The schema's syn variants and metrics are qs syn's (its defaults are read from the schema itself)."""
     evaluate = yaml.safe_load((ROOT / "qs/schemas/config.schema.yaml").read_text())["properties"]["evaluate"]["properties"]
-    assert set(evaluate["syn_variants"]["items"]["enum"]) == set(syn.VARIANTS) == set(evaluate["syn_variants"]["default"])
+    assert set(evaluate["syn_variants"]["items"]["oneOf"][0]["enum"]) == set(syn.VARIANTS) == set(evaluate["syn_variants"]["default"])
+    assert set(evaluate["syn_variants"]["items"]["oneOf"][1]["properties"]["metric"]["enum"]) == set(syn.METRICS)
     assert set(evaluate["syn_metric"]["enum"]) == set(syn.METRICS)
+
+
+def test_named_settings_take_syn_defaults_and_refuse_bad_ones():
+    """evaluate.syn_variants: names and named settings; a named setting's missing keys are syn's."""
+    specs = syn.variant_specs(["syn", "syn-quick", {"name": "syn-4level", "iterations": [100, 70, 50, 20]},
+                               {"name": "syn-mattes", "metric": "mattes"}], metric="CC", radius=2, iterations=[9, 8])
+    assert specs["syn-quick"] is None
+    assert specs["syn"] == {"metric": "CC", "radius": 2, "iterations": [9, 8]}
+    assert specs["syn-4level"] == {"metric": "CC", "radius": 2, "iterations": [100, 70, 50, 20]}
+    assert specs["syn-mattes"] == {"metric": "mattes", "radius": 2, "iterations": [9, 8]}
+    assert syn.ants_settings("syn-4level", **specs["syn-4level"])["reg_iterations"] == (100, 70, 50, 20)
+    for bad, words in [(["syn", {"name": "syn"}], "given twice"), ([{"name": "syn-quick", "radius": 3}], "no settings"),
+                       ([{"name": "SYN-x"}], "syn-<"), ([{"name": "syn-a", "iterations": [0]}], "at least 1"),
+                       ([{"name": "syn", "radius": 3}], "syn_radius")]:
+        with pytest.raises(QsInputError, match=words):
+            syn.variant_specs(bad)
 
 
 def test_bad_settings_are_refused_in_one_line(pair, tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -27,6 +28,16 @@ def _syn(args):
     out = run_syn(args.moving, args.target, args.out, labels=args.labels, seed=args.seed, threads=args.threads,
                   variant=args.variant, **settings)
     print(json.dumps({k: str(v) for k, v in out.items()}))
+
+
+def _variant_name(text: str) -> str:
+    """argparse type of ``qs syn --variant`` (:func:`qs.syn.check_variant_name`)."""
+    from ..syn import check_variant_name
+
+    try:
+        return check_variant_name(text)
+    except QsInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _overlap(args):
@@ -62,8 +73,9 @@ def add_subcommands(sub) -> None:
     p = sub.add_parser("syn", help="ANTsPy SyN baseline of MOVING to TARGET (both on the working grid; docs/syn.md)")
     add_pair_args(p, labels_help="moving label image, warped with genericLabel")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--variant", default="syn", choices=syn.VARIANTS,
-                   help="syn: deformable-only SyN at full strength (default); syn-quick: ANTsPy's default SyN")
+    p.add_argument("--variant", default="syn", type=_variant_name,
+                   help="syn: deformable-only SyN at full strength (default); syn-quick: ANTsPy's default SyN; "
+                        "syn-NAME: a named setting, deformable-only SyN with --metric, --radius, --iterations")
     add_group(p, "syn", defaults=False)  # not given: the schema's defaults (qs.syn); refused with syn-quick
     p.set_defaults(func=_syn)
 

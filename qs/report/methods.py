@@ -4,7 +4,7 @@ from __future__ import annotations
 
 #: table names in report order
 METHOD_ORDER = ("affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict+refine", "predict-mc")
-#: the ANTs SyN baselines (:mod:`qs.syn`): CPU, their own transform chain, not compared with LDDMM's displacement
+#: the built-in ANTs SyN baselines (:mod:`qs.syn`); named SyN settings are ``syn-*`` (:func:`is_syn`)
 SYN_METHODS = ("syn", "syn-quick")
 #: methods whose transform is compared with LDDMM's (besides ``affine``)
 PREDICTED = ("predict", "predict+correct", "predict+refine", "predict-mc")
@@ -22,8 +22,17 @@ def method_folder(name: str) -> str:
     return _FOLDER_NAMES.get(name, name)
 
 
+def is_syn(method: str) -> bool:
+    """Whether ``method`` is an ANTs SyN baseline (``syn``, ``syn-quick`` or a named ``syn-*`` setting): CPU, its own
+    transform chain, not compared with LDDMM's displacement."""
+    return method == "syn" or str(method).startswith("syn-")
+
+
 def report_order(methods) -> list[str]:
-    """Methods in report order, unknown names after the known ones (alphabetical)."""
+    """Methods in report order: named SyN settings after ``syn-quick``, other unknown names after the known ones
+    (alphabetical)."""
     methods = list(dict.fromkeys(methods))
-    known = [m for m in METHOD_ORDER if m in methods]
-    return known + sorted(m for m in methods if m not in METHOD_ORDER)
+    named_syn = sorted(m for m in methods if is_syn(m) and m not in METHOD_ORDER)
+    order = [*METHOD_ORDER[:4], *named_syn, *METHOD_ORDER[4:]]
+    known = [m for m in order if m in methods]
+    return known + sorted(m for m in methods if m not in order)

@@ -21,7 +21,7 @@ from ..evaluate import OVERLAP_COLUMNS, detj_summary, displacement_error_mm
 from ..io import QsInputError, atomic_path, check_same_grid, load_image, load_labels, spacing
 from ..overlap import warped_label_overlaps
 from ..transforms import read_ants_displacement
-from .methods import SYN_METHODS, method_name, report_order
+from .methods import is_syn, method_name, report_order
 from .tsv import DETJ_COLUMNS, PAIR_TIMING_COLUMNS, TIMING_COLUMNS, read_tsv, write_tsv
 
 #: keys of a summary's time in seconds, first found wins
@@ -55,7 +55,7 @@ def timing_row(pair: str, method: str, summary: dict, *, source="summary.json") 
     if seconds is None:
         warnings.warn(f"{source}: no time ({', '.join(_TIME_KEYS)}) for {method} of {pair}", stacklevel=2)
         seconds = math.nan
-    device = summary.get("device") or ("cpu" if method in SYN_METHODS else "unknown")
+    device = summary.get("device") or ("cpu" if is_syn(method) else "unknown")
     threads = summary.get("threads")
     threads = int(threads) if isinstance(threads, (int, float)) and not isinstance(threads, bool) else 0
     settings = summary.get("description")
@@ -138,7 +138,7 @@ def evaluate_pair(pair: str, out_dir, *, lddmm_dir, method_dirs: dict, target_la
     errors = {"affine": displacement_error_mm(np.zeros_like(ref_disp), ref_disp, brain).astype(np.float32)}
     detj_rows = [detj_row("lddmm", ref_disp)]
     for m in report_order(methods):
-        if m in SYN_METHODS:
+        if is_syn(m):
             continue
         disp = read_warp(methods[m] / "warp.nii.gz", grid, grid_name)
         errors[m] = displacement_error_mm(disp, ref_disp, brain).astype(np.float32)
