@@ -99,8 +99,13 @@ def preprocess_subject(
     normalize: str = "percentile",
     seed: int = 0,
     threads: int = 1,
+    orientation_search: bool = True,
 ) -> dict:
-    """Affine-align one subject to the atlas and resample it onto the working grid."""
+    """Affine-align one subject to the atlas and resample it onto the working grid.
+
+    ``orientation_search``: start the affine from the best of the 24 axis rotations
+    (:func:`qs.affine.orientation_search`), for scans stored rotated against their header.
+    """
     if normalize not in NORMALIZATIONS:
         raise QsInputError(f"preprocess: unknown normalization '{normalize}' (choose from {NORMALIZATIONS})")
     out_dir = Path(out_dir)
@@ -116,7 +121,7 @@ def preprocess_subject(
 
     aff.set_ants_threads(threads)
     stem = out_dir / subject
-    result = aff.register_affine(atlas_t1, t1, seed=seed)
+    result = aff.register_affine(atlas_t1, t1, seed=seed, search=orientation_search)
     mat = copy_file(result["fwdtransforms"][0], f"{stem}_affine.mat")
 
     t1_grid = normalize_intensity(_warp_to_grid(atlas_t1, t1, [mat]), mask, normalize)

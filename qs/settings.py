@@ -61,7 +61,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "demo": (("seed", "demo"), ()),
     "working_grid": (("grid",), ()),
     "cohort_tables": (("seed", "cohort"), ()),
-    "preprocess": (("seed", "preprocess"), ()),
+    "preprocess": (("seed", "preprocess"), ("preprocess.orientation_search",)),
     "lddmm": (("seed", "kernel", "lddmm"), ()),
     "patches": (("patches", "kernel"), ()),
     "train_prediction": (("seed", "kernel", "network", "preprocess"),

@@ -209,6 +209,13 @@ def subject_file(kind):
     return get
 
 
+def preprocess_flags(wildcards):
+    """Params function: :func:`optional_files_flags`, and ``--no-orientation-search`` when
+    ``preprocess.orientation_search`` is off (nothing when on: the default of ``qs preprocess``)."""
+    off = [] if config["preprocess"]["orientation_search"] else ["--no-orientation-search"]
+    return optional_files_flags(wildcards) + off
+
+
 def optional_files_flags(wildcards):
     """Params function: ``["--t2", PATH, "--labels", PATH]`` for the files the subject has.
 

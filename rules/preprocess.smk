@@ -27,7 +27,7 @@ rule preprocess:
     resources:
         **job_resources("preprocess"),
     params:
-        extra=optional_files_flags,
+        extra=preprocess_flags,
         normalize=config["preprocess"]["normalize"],
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.t1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -70,6 +71,7 @@ def _preprocess(args):
         normalize=args.normalize,
         seed=args.seed,
         threads=args.threads,
+        orientation_search=args.orientation_search,
     )
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
@@ -119,6 +121,9 @@ def add_subcommands(sub) -> None:
     p.add_argument("--t1", required=True, type=Path)
     p.add_argument("--t2", type=Path)
     p.add_argument("--labels", type=Path)
+    p.add_argument("--orientation-search", action=argparse.BooleanOptionalAction, default=True,
+                   help="start the affine from the best of the 24 axis rotations (scans stored rotated against their "
+                        "header); config preprocess.orientation_search; default on")
     add_group(p, "preprocess")
     add_group(p, "seed")
     p.add_argument("--threads", type=int, default=1)

@@ -46,7 +46,8 @@ def _report_cli(args):
     provenance.update(_pairs_of(args.provenance, "--provenance"))
     out = build_report(args.pairs, args.out, loss_tsvs=_pairs_of(args.loss, "--loss"),
                        example=_pairs_of(args.example, "--example") or None, paper_table=not args.no_paper_table,
-                       provenance=provenance or None, field=args.field)
+                       provenance=provenance or None, field=args.field, affine_qc=args.affine_qc,
+                       exclude_labels=args.exclude_labels, label_names=args.label_names)
     print(json.dumps({k: str(v) for k, v in out.items()}))
 
 
@@ -93,6 +94,11 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("--example", action="append", metavar="KEY=PATH",
                    help="example pair for example_pair.png (repeatable): target=, warp=, warped= and/or moving=, "
                         "optional uncertainty=, pair=NAME")
+    p.add_argument("--affine-qc", type=Path, nargs="+", default=[], metavar="JSON",
+                   help="the subjects' *_preprocess.json (qs preprocess): affine_qc.tsv, outliers flagged")
+    p.add_argument("--exclude-labels", type=int, nargs="+", default=[], metavar="ID",
+                   help="label ids the evaluation left out (qs evaluate-pair --exclude-labels), stated in summary.md")
+    p.add_argument("--label-names", type=Path, help="TSV with columns id and name: the structures of label_overlap.tsv")
     p.add_argument("--provenance-dir", type=Path, help="folder written by qs provenance (results/provenance): "
                    "seed, config digest, versions and device in summary.md")
     p.add_argument("--provenance", action="append", metavar="KEY=VALUE", help="a line of provenance in summary.md (repeatable)")

@@ -242,3 +242,66 @@ def _draw_grid(ax, cp, cq, dp, dq, lines: int = 24):
         ax.plot(X[i, :], Y[i, :], **kw)
     for j in range(0, len(cq), step):
         ax.plot(X[:, j], Y[:, j], **kw)
+
+
+def plot_accuracy_time(table: pd.DataFrame):
+    """Mean pooled target overlap (marker) and worst pair (bar end) of each method against its median seconds per
+    pair (log scale); methods without a time (affine) as a dashed line. ``table``: :func:`qs.report.tables.accuracy_time_table`."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        fig = _figure(figsize=(8, 5.5), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        rows = table[np.isfinite(table["target_overlap_mean"].to_numpy(float))]
+        if rows.empty:
+            _note(ax, "no labels: target overlap not computed")
+            return fig
+        timed = rows[np.isfinite(rows["median_s"].to_numpy(float)) & (rows["median_s"].to_numpy(float) > 0)]
+        for i, r in enumerate(timed.itertuples()):
+            low = r.target_overlap_mean - r.target_overlap_min
+            ax.errorbar([r.median_s], [r.target_overlap_mean], yerr=[[low], [0]], fmt="o", ms=8, capsize=4,
+                        color=_color(r.method, i), label=f"{r.method} ({r.threads} thread{'s' if str(r.threads) != '1' else ''})")
+            ax.annotate(r.method, (r.median_s, r.target_overlap_mean), textcoords="offset points", xytext=(7, 5), fontsize=9)
+        for r in rows[~rows["method"].isin(timed["method"])].itertuples():
+            ax.axhline(r.target_overlap_mean, ls="--", lw=1, color=_color(r.method),
+                       label=f"{r.method} (no time per pair; worst pair {r.target_overlap_min:.3f})")
+        ax.set_xscale("log")
+        ax.set_xlabel("median seconds per pair (log scale)")
+        ax.set_ylabel("target overlap: mean over pairs (marker), worst pair (bar end)")
+        ax.set_title(f"Accuracy against time, {int(rows['pairs'].max())} reference pairs")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right")
+    return fig
+
+
+def plot_label_overlap(table: pd.DataFrame):
+    """Per structure, each method's mean target overlap minus the reference's (the strongest SyN setting), structures
+    sorted by the reference's overlap. ``table``: :func:`qs.report.tables.label_overlap_table`."""
+    import matplotlib
+
+    with matplotlib.rc_context(_RC):
+        ref = str(table["reference"].iloc[0]) if len(table) else ""
+        labels = list(dict.fromkeys(table["label"])) if ref else []
+        fig = _figure(figsize=(9, max(4.0, 0.22 * len(labels) + 1.5)), dpi=100, layout="constrained")
+        ax = fig.subplots()
+        if not labels:
+            _note(ax, "no labels or no reference method: per-label overlap not drawn")
+            return fig
+        ref_rows = table[table["method"] == ref].set_index("label")
+        labels = sorted(labels, key=lambda lab: ref_rows["target_overlap_mean"].get(lab, np.nan))
+        y = {lab: i for i, lab in enumerate(labels)}
+        names = table.drop_duplicates("label").set_index("label")["name"]
+        methods = [m for m in report_order(table["method"]) if m != ref]
+        for i, m in enumerate(methods):
+            rows = table[table["method"] == m]
+            ax.plot(rows["vs_reference"], rows["label"].map(y), "o", ms=4, color=_color(m, i), label=m, alpha=0.85)
+        ax.axvline(0, color="black", lw=1)
+        ax.set_yticks(range(len(labels)))
+        ax.set_yticklabels([f"{names.get(lab) or lab} ({ref_rows['target_overlap_mean'].get(lab, np.nan):.2f})"
+                            if names.get(lab) else f"{lab} ({ref_rows['target_overlap_mean'].get(lab, np.nan):.2f})"
+                            for lab in labels], fontsize=7)
+        ax.set_xlabel(f"mean target overlap minus {ref}'s (per structure, over pairs)")
+        ax.set_title(f"Per structure against {ref} (in brackets: {ref}'s overlap)")
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    return fig

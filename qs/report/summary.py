@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from .methods import PREDICTED
+from .methods import PREDICTED, report_order
 from .paper import PAPER_DEFORMATION_ERROR, PAPER_TARGET_OVERLAP, paper_rows
-from .tables import detj_table, mean_overlap_table, method_settings, timing_table
+from .tables import detj_table, mean_overlap_table, method_settings, pair_overlap_table, timing_table
 
 
 def _fmt(v, spec=".4f") -> str:
@@ -38,8 +38,9 @@ def markdown_table(df: pd.DataFrame, formats: dict | None = None) -> str:
 
 
 def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs=None, paper_table=True, field="momentum",
-                     provenance=None) -> str:
-    """The text of ``summary.md`` from the aggregated tables."""
+                     provenance=None, affine_qc=None, exclude_labels=(), accuracy=None, per_label=None) -> str:
+    """The text of ``summary.md`` from the aggregated tables (``affine_qc``: :func:`qs.report.qc.affine_qc_table`;
+    ``accuracy``, ``per_label``: :func:`qs.report.tables.accuracy_time_table`, ``label_overlap_table``)."""
     pairs = sorted(set(timing["pair"]) | set(detj["pair"]))
     n_pairs = n_pairs if n_pairs is not None else len(pairs)
     s = ["# Quicksilver: evaluation on the test pairs", ""]
@@ -52,6 +53,28 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
           "OASIS. Cohort, resolution, number of training pairs and LDDMM settings differ, so absolute numbers "
           "are not expected to agree; compare the ordering and the ratios (prediction vs affine, correction vs "
           "prediction), and det J positivity.", ""]
+    s += ["**Label set.** " + (f"Labels {', '.join(map(str, exclude_labels))} are left out of the evaluation "
+                               "(`evaluate.exclude_labels`): their voxels count as background in the target overlap, "
+                               "Dice and the brain mask of the deformation error." if len(exclude_labels) else
+                               "Every label of the target is evaluated (`evaluate.exclude_labels` is empty)."), ""]
+    if affine_qc is not None and len(affine_qc):
+        flagged = affine_qc[affine_qc["flagged"]]
+        s += ["## Affine pre-alignment", "",
+              f"{len(affine_qc)} subjects aligned to the atlas (`affine_qc.tsv`; each subject's `*_qc.png` under "
+              "`preprocessed/`). NCC with the atlas inside the atlas brain mask where the subject's image has "
+              "content; `atlas_mask_coverage`: the share of the atlas brain mask the subject's image covers (a skull "
+              "strip without cerebellum: about 0.87); determinant and scales of the affine (atlas point -> subject "
+              "point, > 1: the subject is larger); `reoriented`: the scan was stored rotated against its header and "
+              "the orientation search turned it. A subject is flagged when a measure lies beyond 3.5 robust standard "
+              "deviations of the cohort's own spread.", ""]
+        s.append(f"**Flagged: {len(flagged)}** " + ("(none)." if flagged.empty else
+                 "- " + "; ".join(f"`{r.subject}`: {r.flags}" for r in flagged.itertuples())))
+        cols = ["subject", "ncc_with_atlas", "atlas_mask_coverage", "affine_determinant", "scale_min", "scale_max",
+                "rotation_deg", "reoriented", "flagged"]
+        shown = pd.concat([flagged, affine_qc[~affine_qc["flagged"]]])[cols]
+        s += ["", markdown_table(shown, {"ncc_with_atlas": ".3f", "atlas_mask_coverage": ".3f",
+                                          "affine_determinant": ".3f", "scale_min": ".3f", "scale_max": ".3f",
+                                          "rotation_deg": ".1f"}), ""]
 
     s += ["## Deformation error against LDDMM optimization", "",
           "Norm of the difference between each method's and LDDMM's displacement of phi_1^{-1}, in mm, at "
@@ -88,6 +111,37 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
     if paper_table:
         s += ["", "Paper (mean over pairs, for reference; other data sets and label sets):", "",
               markdown_table(PAPER_TARGET_OVERLAP, {c: ".3f" for c in PAPER_TARGET_OVERLAP.columns})]
+
+    if accuracy is not None and len(accuracy):
+        ref = next((r for r in accuracy["reference"] if r), "")
+        s += ["", "## Accuracy against time", "",
+              "Mean pooled target overlap over the reference pairs, the worst pair, the median seconds per pair and "
+              "the threads each method ran with (`accuracy_time.tsv`, `accuracy_time.png`)"
+              + (f"; against `{ref}` (the strongest SyN setting of the run, else LDDMM), per pair: mean, worst and "
+                 "best difference and the pairs at or above it." if ref else "."), "",
+              markdown_table(accuracy, {"median_s": ".1f", "pairs": "d", "pairs_at_or_above_reference": "d",
+                                        "vs_reference_mean": "+.4f", "vs_reference_min": "+.4f",
+                                        "vs_reference_max": "+.4f"})]
+        per_pair = pair_overlap_table(overlap)
+        if len(per_pair):
+            s += ["", "Per pair (pooled target overlap; `A - B`: the difference):", "",
+                  markdown_table(per_pair, {c: "+.4f" for c in per_pair.columns if " - " in str(c)})]
+    if per_label is not None and len(per_label) and per_label["reference"].iloc[0]:
+        ref = per_label["reference"].iloc[0]
+        s += ["", "## Per structure", "",
+              f"Mean target overlap per structure against `{ref}` (`label_overlap.tsv`, `label_overlap.png`): for "
+              "each method, the structures it loses most and gains most on.", ""]
+        rows = []
+        for m in report_order(per_label["method"]):
+            g = per_label[(per_label["method"] == m)].dropna(subset=["vs_reference"]).sort_values("vs_reference")
+            if m == ref or g.empty:
+                continue
+            name = lambda r: f"{r['name'] or r['label']} ({r['vs_reference']:+.3f})"  # noqa: E731
+            rows.append({"method": m, "structures at or above": f"{int((g['vs_reference'] >= 0).sum())} of {len(g)}",
+                         "largest losses": ", ".join(name(r) for _, r in g.head(3).iterrows()),
+                         "largest gains": ", ".join(name(r) for _, r in g.tail(3).iloc[::-1].iterrows())})
+        s.append(markdown_table(pd.DataFrame(rows, columns=["method", "structures at or above", "largest losses",
+                                                            "largest gains"])))
 
     settings = method_settings(timing)
     if settings:
@@ -131,7 +185,9 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
           "- `deformation_error.png`: distribution of the deformation error per method (ours and the paper's percentiles).",
           "- `target_overlap.png`: target overlap per method (pooled per pair, and per label).",
           "- `example_pair.png`: one test pair: moving, warped moving, target, deformed grid, uncertainty.",
-          "- `loss.png`: training and validation L1 per epoch."]
+          "- `loss.png`: training and validation L1 per epoch.",
+          "- `accuracy_time.png`: mean target overlap (and the worst pair) against median seconds per pair, every method and SyN setting.",
+          "- `label_overlap.png`: per structure, each method's target overlap against the strongest SyN setting's."]
     if provenance:
         s += ["", "## Provenance", ""]
         s += [f"- {k}: {_fmt(v)}" for k, v in provenance.items() if not isinstance(v, pd.DataFrame)]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..evaluate import error_percentiles
-from .methods import report_order
+from .methods import is_syn, report_order
 from .tsv import DEFORMATION_COLUMNS
 
 
@@ -87,3 +87,75 @@ def detj_table(detj: pd.DataFrame) -> pd.DataFrame:
                     "detj_min": g["detj_min"].min(), "detj_max": g["detj_max"].max(),
                     "nonpos_voxels": int(g["detj_nonpos_voxels"].sum())})
     return pd.DataFrame(out, columns=["method", "pairs_pos", "pairs", "detj_pos_pct", "detj_min", "detj_max", "nonpos_voxels"])
+
+
+def strongest_syn(overlap: pd.DataFrame) -> str | None:
+    """The SyN setting (``syn``, ``syn-quick``, ``syn-*``) with the highest mean pooled target overlap, else None."""
+    mo = mean_overlap_table(overlap)
+    syn = mo[[is_syn(m) for m in mo["method"]]]
+    return None if syn.empty else str(syn.sort_values("target_overlap_mean", ascending=False)["method"].iloc[0])
+
+
+def overlap_reference(overlap: pd.DataFrame) -> str | None:
+    """The method the report compares the others with: the strongest SyN setting, else LDDMM, else None."""
+    ref = strongest_syn(overlap)
+    if ref is None and (overlap["method"] == "lddmm").any():
+        ref = "lddmm"
+    return ref
+
+
+def accuracy_time_table(overlap: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
+    """Per method: mean and worst-pair pooled target overlap, median seconds per pair and threads, and against the
+    reference (:func:`overlap_reference`) per pair: mean, worst and best difference, pairs at or above it."""
+    mo = mean_overlap_table(overlap).set_index("method")
+    tt = timing_table(timing).set_index("method") if len(timing) else pd.DataFrame(columns=["median_s", "threads"])
+    ref = overlap_reference(overlap)
+    allrows = overlap[overlap["label"] == "all"].pivot_table(index="pair", columns="method", values="target_overlap")
+    cols = ["method", "target_overlap_mean", "target_overlap_min", "median_s", "threads", "pairs", "reference",
+            "vs_reference_mean", "vs_reference_min", "vs_reference_max", "pairs_at_or_above_reference"]
+    rows = []
+    for m in report_order([*mo.index, *tt.index]):
+        row = {"method": m, "target_overlap_mean": mo["target_overlap_mean"].get(m, math.nan),
+               "target_overlap_min": mo["target_overlap_min"].get(m, math.nan),
+               "median_s": float(tt["median_s"].get(m, math.nan)), "threads": tt["threads"].get(m, ""),
+               "pairs": int(mo["pairs"].get(m, 0)), "reference": ref or ""}
+        if ref is not None and m in allrows and ref in allrows:
+            d = (allrows[m] - allrows[ref]).dropna()
+            row |= {"vs_reference_mean": d.mean(), "vs_reference_min": d.min(), "vs_reference_max": d.max(),
+                    "pairs_at_or_above_reference": int((d >= 0).sum())}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def pair_overlap_table(overlap: pd.DataFrame) -> pd.DataFrame:
+    """Pooled target overlap per pair (rows) and method (columns, report order), with each pair's difference
+    from the reference (:func:`overlap_reference`) in columns ``METHOD - REF``."""
+    allrows = overlap[overlap["label"] == "all"].pivot_table(index="pair", columns="method", values="target_overlap")
+    methods = report_order(allrows.columns)
+    out = allrows[methods].copy()
+    ref = overlap_reference(overlap)
+    if ref is not None:
+        for m in methods:
+            if m != ref:
+                out[f"{m} - {ref}"] = allrows[m] - allrows[ref]
+    return out.reset_index()
+
+
+def label_overlap_table(overlap: pd.DataFrame, names: dict | None = None) -> pd.DataFrame:
+    """Per label and method: mean and worst-pair target overlap over pairs, and the mean difference from the
+    reference (:func:`overlap_reference`) on that label; ``name`` from ``names`` (id -> structure name)."""
+    labels = overlap[overlap["label"] != "all"]
+    cols = ["label", "name", "method", "target_overlap_mean", "target_overlap_min", "reference", "vs_reference"]
+    if labels.empty:
+        return pd.DataFrame(columns=cols)
+    ref = overlap_reference(overlap)
+    g = labels.groupby(["label", "method"])["target_overlap"]
+    table = pd.DataFrame({"target_overlap_mean": g.mean(), "target_overlap_min": g.min()}).reset_index()
+    ref_mean = table[table["method"] == ref].set_index("label")["target_overlap_mean"] if ref else pd.Series(dtype=float)
+    table["reference"] = ref or ""
+    table["vs_reference"] = table["target_overlap_mean"] - table["label"].map(ref_mean)
+    names = {str(k): str(v) for k, v in (names or {}).items()}
+    table["name"] = table["label"].map(lambda label: names.get(str(label), ""))
+    order = {m: i for i, m in enumerate(report_order(table["method"]))}
+    table = table.assign(_id=pd.to_numeric(table["label"], errors="coerce"), _m=table["method"].map(order))
+    return table.sort_values(["_id", "_m"])[cols].reset_index(drop=True)
