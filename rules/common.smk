@@ -402,6 +402,13 @@ def label_flags(input):
     return flags + (["--exclude-labels", *excluded] if excluded else [])
 
 
+def report_label_flags(w, input):
+    """``qs report``'s label arguments: the ids the evaluation left out and the label names' TSV."""
+    excluded = config["evaluate"]["exclude_labels"]
+    names = ["--label-names", input.label_names[0]] if input.label_names else []
+    return (["--exclude-labels", *excluded] if excluded else []) + names
+
+
 def evaluation_args(w, input):
     """Arguments of ``qs evaluate-pair`` built from its inputs (``--method NAME=FOLDER`` ...)."""
     methods = [m for m in (*SYN_VARIANTS, *predicted_methods()) if m in input.keys()]

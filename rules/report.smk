@@ -46,10 +46,7 @@ rule report:
         # which cohort and run trained the models (models.*: from their metadata)
         models=[a for kind, origin in MODEL_ORIGIN.items() for a in ("--provenance", f"{kind} model={origin}")],
         field=config["train"]["field"],
-        labels=lambda w, input: (
-            (["--exclude-labels", *config["evaluate"]["exclude_labels"]] if config["evaluate"]["exclude_labels"] else [])
-            + (["--label-names", input.label_names[0]] if input.label_names else [])
-        ),
+        labels=report_label_flags,
         out=lambda w, output: os.path.dirname(output.overlap),
     shell:
         "qs report {params.pair_dirs:q} {params.losses:q} {params.example:q} --provenance-dir {params.provenance:q} {params.models:q} --field {params.field:q} --affine-qc {input.affine_qc:q} {params.labels:q} --out {params.out:q} > {log:q} 2>&1"
