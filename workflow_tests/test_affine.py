@@ -1,6 +1,7 @@
 """ANTsPy affine pre-alignment on the demo cohort: recovery of the known affine, labels, orientation."""
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 from qs.affine import affine_matrix_ras
 from qs.cli import main
 from qs.demo import make_demo_cohort
-from qs.preprocess import build_atlas_grid, preprocess_subject
+from qs.preprocess import affine_qc_measures, build_atlas_grid, preprocess_subject
 
 SPACING = 3.0
 
@@ -76,6 +77,42 @@ def test_flipped_header_gives_the_same_alignment(demo, tmp_path):
     ta = np.asarray(nib.load(str(a["t1"])).dataobj)
     tb = np.asarray(nib.load(str(b["t1"])).dataobj)
     assert np.corrcoef(ta.ravel(), tb.ravel())[0, 1] > 0.98
+
+
+@pytest.mark.parametrize("axes, turns", [((0, 1), 2), ((1, 2), 1)])
+def test_a_scan_stored_rotated_against_its_header_aligns_as_the_original(demo, tmp_path, axes, turns):
+    """The voxels turned 180 degrees about the vertical axis (LPBA40's case) or 90 degrees about the left-right
+    axis, the header left as it was: the orientation search finds the turn, and the aligned image and its
+    affine's QC match the original's; without the search the affine is matched wrong (lower NCC)."""
+    root, grid = demo
+    img = nib.load(str(root / "sub-01" / "sub-01_T1w.nii.gz"))
+    turned = tmp_path / "turned_T1w.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(np.rot90(np.asarray(img.dataobj), turns, axes)), img.affine), str(turned))
+    a = preprocess_subject("a", grid["t1"], grid["mask"], root / "sub-01" / "sub-01_T1w.nii.gz", tmp_path / "a", seed=0)
+    b = preprocess_subject("b", grid["t1"], grid["mask"], turned, tmp_path / "b", seed=0)
+    c = preprocess_subject("c", grid["t1"], grid["mask"], turned, tmp_path / "c", seed=0, orientation_search=False)
+    qa, qb, qc = (json.loads(Path(x["json"]).read_text()) for x in (a, b, c))
+    assert not qa["reoriented"] and qb["reoriented"]
+    start = np.asarray(qb["start_rotation"])
+    assert np.allclose(np.abs(start), np.abs(start).round()) and np.isclose(np.linalg.det(start), 1)
+    ta, tb = (np.asarray(nib.load(str(x["t1"])).dataobj) for x in (a, b))
+    assert np.corrcoef(ta.ravel(), tb.ravel())[0, 1] > 0.98
+    assert abs(qb["affine_determinant"] - qa["affine_determinant"]) < 0.02 * qa["affine_determinant"]
+    assert abs(qb["ncc_with_atlas"] - qa["ncc_with_atlas"]) < 0.01
+    assert qc["ncc_with_atlas"] < qb["ncc_with_atlas"] - 0.1, (qb["ncc_with_atlas"], qc["ncc_with_atlas"])
+
+
+def test_affine_qc_measures_known_answers():
+    """Determinant, scales, rotation angle and shear of known matrices; a mirror has no rotation angle."""
+    theta = np.radians(30)
+    rot = np.array([[np.cos(theta), -np.sin(theta), 0], [np.sin(theta), np.cos(theta), 0], [0, 0, 1]])
+    m = np.eye(4)
+    m[:3, :3] = rot @ np.diag([0.8, 0.9, 1.1])
+    q = affine_qc_measures(m)
+    assert np.isclose(q["affine_determinant"], 0.8 * 0.9 * 1.1) and np.allclose(q["scales"], [0.8, 0.9, 1.1])
+    assert np.isclose(q["rotation_deg"], 30) and q["shear"] < 1e-9
+    mirror = np.diag([-1.0, 1, 1, 1])
+    assert affine_qc_measures(mirror)["rotation_deg"] is None and affine_qc_measures(mirror)["affine_determinant"] < 0
 
 
 def test_qs_affine_cli_outputs_are_ants_compatible(demo, tmp_path):

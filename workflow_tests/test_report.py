@@ -215,3 +215,25 @@ def test_cohort_without_labels(tree, tmp_path):
     assert "No labels" in (tmp_path / "rep/summary.md").read_text()
     for name in ("target_overlap", "deformation_error", "example_pair", "loss"):
         assert (tmp_path / f"rep/{name}.png").stat().st_size > 2000
+
+
+def test_affine_qc_flags_outliers_against_the_cohorts_spread():
+    """Robust z-scores with floors: a low NCC and a mirrored affine are flagged, a high NCC and the
+    near-identical rest are not; the warning names exactly the flagged subjects."""
+    from qs.report.qc import affine_qc_table, qc_warning
+
+    rng = np.random.default_rng(0)
+    records = [{"subject": f"s{i}", "ncc_with_atlas": 0.66 + 0.002 * rng.standard_normal(),
+                "atlas_mask_coverage": 0.87, "affine_determinant": 0.65 + 0.01 * rng.standard_normal(),
+                "scales": [0.82, 0.86, 0.9], "rotation_deg": 179.0, "shear": 0.01, "reoriented": True}
+               for i in range(8)]
+    records[1]["ncc_with_atlas"] = 0.40
+    records[2]["ncc_with_atlas"] = 0.75  # better than the rest: not a failure
+    records[3]["affine_determinant"] = -0.65
+    table = affine_qc_table(records).set_index("subject")
+    assert list(table.index[table["flagged"]]) == ["s1", "s3"]
+    assert table.loc["s1", "flags"].startswith("ncc_with_atlas 0.4 (cohort 0.6")
+    assert "mirrors" in table.loc["s3", "flags"]
+    warning = qc_warning(table.reset_index())
+    assert warning.startswith("affine QC flags 2 of 8 subjects") and "s1:" in warning and "s3:" in warning
+    assert qc_warning(affine_qc_table(records[4:])) is None
