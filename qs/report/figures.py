@@ -282,7 +282,7 @@ def plot_label_overlap(table: pd.DataFrame):
     with matplotlib.rc_context(_RC):
         ref = str(table["reference"].iloc[0]) if len(table) else ""
         labels = list(dict.fromkeys(table["label"])) if ref else []
-        fig = _figure(figsize=(9, max(4.0, 0.22 * len(labels) + 1.5)), dpi=100, layout="constrained")
+        fig = _figure(figsize=(10, max(4.0, 0.22 * len(labels) + 1.5)), dpi=100, layout="constrained")
         ax = fig.subplots()
         if not labels:
             _note(ax, "no labels or no reference method: per-label overlap not drawn")
@@ -303,5 +303,5 @@ def plot_label_overlap(table: pd.DataFrame):
         ax.set_xlabel(f"mean target overlap minus {ref}'s (per structure, over pairs)")
         ax.set_title(f"Per structure against {ref} (in brackets: {ref}'s overlap)")
         ax.grid(True, axis="x", alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return fig

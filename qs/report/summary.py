@@ -130,7 +130,7 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
         ref = per_label["reference"].iloc[0]
         s += ["", "## Per structure", "",
               f"Mean target overlap per structure against `{ref}` (`label_overlap.tsv`, `label_overlap.png`): for "
-              "each method, the structures it loses most and gains most on.", ""]
+              "each method, the three structures furthest behind it and the three furthest ahead (or least behind).", ""]
         rows = []
         for m in report_order(per_label["method"]):
             g = per_label[(per_label["method"] == m)].dropna(subset=["vs_reference"]).sort_values("vs_reference")
@@ -138,10 +138,10 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
                 continue
             name = lambda r: f"{r['name'] or r['label']} ({r['vs_reference']:+.3f})"  # noqa: E731
             rows.append({"method": m, "structures at or above": f"{int((g['vs_reference'] >= 0).sum())} of {len(g)}",
-                         "largest losses": ", ".join(name(r) for _, r in g.head(3).iterrows()),
-                         "largest gains": ", ".join(name(r) for _, r in g.tail(3).iloc[::-1].iterrows())})
-        s.append(markdown_table(pd.DataFrame(rows, columns=["method", "structures at or above", "largest losses",
-                                                            "largest gains"])))
+                         "furthest behind": ", ".join(name(r) for _, r in g.head(3).iterrows()),
+                         "furthest ahead": ", ".join(name(r) for _, r in g.tail(3).iloc[::-1].iterrows())})
+        s.append(markdown_table(pd.DataFrame(rows, columns=["method", "structures at or above", "furthest behind",
+                                                            "furthest ahead"])))
 
     settings = method_settings(timing)
     if settings:
@@ -157,7 +157,9 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
         if len(row) and not math.isnan(float(row["speedup_vs_lddmm"].iloc[0])):
             r = row.iloc[0]
             ref = tt[tt["method"] == "lddmm"].iloc[0]
-            s.append(f"\n`{m}` is {r['speedup_vs_lddmm']:.1f}x faster than LDDMM optimization (median "
+            speed = (f"{r['speedup_vs_lddmm']:.1f}x faster than" if r["speedup_vs_lddmm"] >= 1 else
+                     f"{1 / r['speedup_vs_lddmm']:.1f}x slower than")
+            s.append(f"\n`{m}` is {speed} LDDMM optimization (median "
                      f"{r['median_s']:.2f} s on {r['device']} vs {ref['median_s']:.2f} s on {ref['device']}).")
     if paper_table:
         s += ["", "Paper: about 11 s per 1 mm 3D pair for prediction on one GPU; the precursor paper reports a "
