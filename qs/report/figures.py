@@ -266,6 +266,7 @@ def plot_accuracy_time(table: pd.DataFrame):
             ax.axhline(r.target_overlap_mean, ls="--", lw=1, color=_color(r.method),
                        label=f"{r.method} (no time per pair; worst pair {r.target_overlap_min:.3f})")
         ax.set_xscale("log")
+        ax.margins(x=0.12)  # room for the names of the outermost points
         ax.set_xlabel("median seconds per pair (log scale)")
         ax.set_ylabel("target overlap: mean over pairs (marker), worst pair (bar end)")
         ax.set_title(f"Accuracy against time, {int(rows['pairs'].max())} reference pairs")
