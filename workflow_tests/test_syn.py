@@ -178,7 +178,8 @@ def test_bad_settings_are_refused_in_one_line(pair, tmp_path, capsys):
     assert "argument --iterations: must be >= 1 (config evaluate.syn_iterations), got 0" in capsys.readouterr().err
     assert not (tmp_path / "q").exists() and not (tmp_path / "z").exists()
     with pytest.raises(QsInputError, match="variant"):
-        syn.ants_settings("syn-fast")
+        syn.ants_settings("fast")  # named settings are syn-NAME
+    assert syn.ants_settings("syn-fast", iterations=[5])["reg_iterations"] == (5,)
     with pytest.raises(QsInputError, match="radius"):
         syn.ants_settings("syn", radius=0)
 
