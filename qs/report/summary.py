@@ -45,8 +45,9 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
     n_pairs = n_pairs if n_pairs is not None else len(pairs)
     s = ["# Quicksilver: evaluation on the test pairs", ""]
     s += [f"Test pairs: {n_pairs}.", "",
-          "**What is compared.** Our numbers come from this pipeline's cohort (by default the built-in demo "
-          "cohort: synthetic deformations of the MNI ICBM152 template, on the working grid of the config), "
+          "**What is compared.** Our numbers come from this run's cohort (`cohort/subjects.tsv`: a subject "
+          "sheet, a BIDS folder or the built-in demo cohort of synthetic deformations of the MNI ICBM152 "
+          "template), on the working grid of the config, "
           "with our LDDMM optimization as the reference and our networks trained on our training pairs. "
           "The paper's numbers (Yang et al., NeuroImage 2017) are for 1 mm OASIS images (deformation error) "
           "and the LPBA40, IBSR18, CUMC12 and MGH10 label sets (target overlap), with networks trained on "
