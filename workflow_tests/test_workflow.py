@@ -81,6 +81,14 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     assert planned_jobs(out) == plan, out
 
 
+def test_the_demo_registers_its_cohort_when_asked(tmp_path):
+    """config/demo.yaml is consistent with itself: with register.pairs set, the demo plans its registrations
+    (register.method predict: the demo trains no correction network)."""
+    run = snakemake("-n", "--quiet", "rules", "--config", "register={pairs: atlas-to-image}", cwd=tmp_path)
+    assert run.returncode == 0, run.output[-3000:]
+    assert planned_jobs(run.output)["register"] == 9, run.output
+
+
 def test_malformed_config_is_refused(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("grid: {spacing: -1}\n")
