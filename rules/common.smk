@@ -368,11 +368,9 @@ def refine_flags(wildcards):
 
 
 def syn_args(wildcards):
-    """``qs syn``'s flags of the ``{variant}``: ``syn``'s settings from config (qs.settings group ``syn``:
-    ``evaluate.syn_metric``, ``syn_radius``, ``syn_iterations``), a named setting's own (its keys defaulting to
-    ``syn``'s); none for ``syn-quick`` (ANTsPy's defaults)."""
-    if wildcards.variant == "syn":
-        return group_args(config, "syn")
+    """``qs syn``'s flags of the ``{variant}`` (:data:`SYN_VARIANTS`): ``syn``'s settings (``evaluate.syn_metric``,
+    ``syn_radius``, ``syn_iterations``), a named setting's own (its keys defaulting to ``syn``'s); none for
+    ``syn-quick`` (ANTsPy's defaults)."""
     spec = SYN_VARIANTS[wildcards.variant]
     if spec is None:
         return []
@@ -392,21 +390,25 @@ def evaluation_inputs(w):
     return out
 
 
+def exclude_flags():
+    """``--exclude-labels ID ...`` of ``qs evaluate-pair`` and ``qs report`` (evaluate.exclude_labels), or []."""
+    excluded = config["evaluate"]["exclude_labels"]
+    return ["--exclude-labels", *excluded] if excluded else []
+
+
 def label_flags(input):
     """``qs evaluate-pair``'s label arguments from its inputs, and the labels the evaluation leaves out."""
     flags = []
     for key in ("target_labels", "moving_labels"):
         if key in input.keys():
             flags += [f"--{key.replace('_', '-')}", input[key]]
-    excluded = config["evaluate"]["exclude_labels"]
-    return flags + (["--exclude-labels", *excluded] if excluded else [])
+    return flags + exclude_flags()
 
 
 def report_label_flags(w, input):
     """``qs report``'s label arguments: the ids the evaluation left out and the label names' TSV."""
-    excluded = config["evaluate"]["exclude_labels"]
     names = ["--label-names", input.label_names[0]] if input.label_names else []
-    return (["--exclude-labels", *excluded] if excluded else []) + names
+    return exclude_flags() + names
 
 
 def evaluation_args(w, input):

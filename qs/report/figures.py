@@ -299,7 +299,6 @@ def plot_label_overlap(table: pd.DataFrame):
         ax.axvline(0, color="black", lw=1)
         ax.set_yticks(range(len(labels)))
         ax.set_yticklabels([f"{names.get(lab) or lab} ({ref_rows['target_overlap_mean'].get(lab, np.nan):.2f})"
-                            if names.get(lab) else f"{lab} ({ref_rows['target_overlap_mean'].get(lab, np.nan):.2f})"
                             for lab in labels], fontsize=7)
         ax.set_xlabel(f"mean target overlap minus {ref}'s (per structure, over pairs)")
         ax.set_title(f"Per structure against {ref} (in brackets: {ref}'s overlap)")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 #: table names in report order
 METHOD_ORDER = ("affine", "lddmm", "syn", "syn-quick", "predict", "predict+correct", "predict+refine", "predict-mc")
-#: the built-in ANTs SyN baselines (:mod:`qs.syn`); named SyN settings are ``syn-*`` (:func:`is_syn`)
-SYN_METHODS = ("syn", "syn-quick")
 #: methods whose transform is compared with LDDMM's (besides ``affine``)
 PREDICTED = ("predict", "predict+correct", "predict+refine", "predict-mc")
 #: folder name of a method where it differs from its table name

@@ -104,13 +104,18 @@ def overlap_reference(overlap: pd.DataFrame) -> str | None:
     return ref
 
 
+def _overlap_by_pair(overlap: pd.DataFrame) -> pd.DataFrame:
+    """The pooled target overlap (``all`` rows) as a table: one row per pair, one column per method."""
+    return overlap[overlap["label"] == "all"].pivot_table(index="pair", columns="method", values="target_overlap")
+
+
 def accuracy_time_table(overlap: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
     """Per method: mean and worst-pair pooled target overlap, median seconds per pair and threads, and against the
     reference (:func:`overlap_reference`) per pair: mean, worst and best difference, pairs at or above it."""
     mo = mean_overlap_table(overlap).set_index("method")
     tt = timing_table(timing).set_index("method") if len(timing) else pd.DataFrame(columns=["median_s", "threads"])
     ref = overlap_reference(overlap)
-    allrows = overlap[overlap["label"] == "all"].pivot_table(index="pair", columns="method", values="target_overlap")
+    allrows = _overlap_by_pair(overlap)
     cols = ["method", "target_overlap_mean", "target_overlap_min", "median_s", "threads", "pairs", "reference",
             "vs_reference_mean", "vs_reference_min", "vs_reference_max", "pairs_at_or_above_reference"]
     rows = []
@@ -130,7 +135,7 @@ def accuracy_time_table(overlap: pd.DataFrame, timing: pd.DataFrame) -> pd.DataF
 def pair_overlap_table(overlap: pd.DataFrame) -> pd.DataFrame:
     """Pooled target overlap per pair (rows) and method (columns, report order), with each pair's difference
     from the reference (:func:`overlap_reference`) in columns ``METHOD - REF``."""
-    allrows = overlap[overlap["label"] == "all"].pivot_table(index="pair", columns="method", values="target_overlap")
+    allrows = _overlap_by_pair(overlap)
     methods = report_order(allrows.columns)
     out = allrows[methods].copy()
     ref = overlap_reference(overlap)
