@@ -52,12 +52,12 @@ SETTINGS = {
 }
 
 
-def test_pairs(results: Path) -> list[tuple[str, Path, Path, Path, Path]]:
-    """(pair, moving T1, target T1, moving labels, target labels) of each test pair of the run."""
+def test_pairs(results: Path, split: str = "test") -> list[tuple[str, Path, Path, Path, Path]]:
+    """(pair, moving T1, target T1, moving labels, target labels) of each ``split`` (test or train) pair of the run."""
     pairs = pd.read_csv(results / "cohort" / "pairs.tsv", sep="\t", keep_default_na=False, dtype=str)
-    test = pairs[pairs["split"] == "test"]
+    test = pairs[pairs["split"] == split]
     if test.empty:
-        sys.exit(f"{results}/cohort/pairs.tsv has no test pair")
+        sys.exit(f"{results}/cohort/pairs.tsv has no {split} pair")
 
     def file(subject, kind):
         path = results / "preprocessed" / subject / f"{subject}_{kind}.nii.gz"

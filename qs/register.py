@@ -81,6 +81,11 @@ _F = np.diag([-1.0, -1.0, 1.0])
 SLAB_POINTS = 2_000_000
 
 
+def registration_method(correction_model, refinement) -> str:
+    """The method's name: predict, predict+correct, predict+refine or predict+correct+refine."""
+    return "predict" + ("+correct" if correction_model is not None else "") + ("+refine" if refinement else "")
+
+
 def _prefix_path(prefix, suffix: str) -> Path:
     return Path(str(prefix) + suffix)
 
@@ -205,7 +210,7 @@ def compose_to_target(atlas_warp, target_mat, moving_mat, target_img, moving_img
 def run_register(moving, target, model_path, out_prefix, *, correction_model=None, corrections: int = 1,
                  stride=None, correction_stride=None, mirror_axes=(), atlas=None, atlas_mask=None, labels=None,
                  samples: int = 1, device="auto", seed: int = 0, threads: int = 1, normalize: str | None = None,
-                 margin_mm: float = 8.0, batch_size: int = 64, progress=None) -> dict:
+                 margin_mm: float = 8.0, batch_size: int = 64, progress=None, refinement=None) -> dict:
     """``qs register``: register the raw ``moving`` image to the raw ``target`` with a trained model.
 
     See the module docstring for the steps, the transform design and the
@@ -213,6 +218,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     :func:`qs.predict.files.run_predict` (``qs predict --corrections/--stride/--correction-stride/--mirror-axes``),
     checked before the affine step. ``normalize``: the intensity normalisation; None takes the model's
     (metadata ``normalize``, recorded at training; ``percentile`` for models trained before qs recorded it).
+    ``refinement``: a :class:`qs.predict.refine.Refinement` (``--refine``: predict+refine) or None.
     Returns the summary (also ``PREFIX_summary.json``) with the
     output paths under ``"outputs"``.
     """
@@ -252,7 +258,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     pred = run_predict(model_path, pre["moving"]["t1"], pre["target"]["t1"], work / "predict",
                        correction_model=correction_model, corrections=corrections, stride=stride,
                        correction_stride=correction_stride, mirror_axes=mirror_axes, samples=samples,
-                       device=device, batch_size=batch_size, seed=seed, progress=progress)
+                       device=device, batch_size=batch_size, seed=seed, progress=progress, refinement=refinement)
 
     t0 = time.perf_counter()
     w, warped, warped_lab, aff_lps = compose_to_target(work / "predict" / "warp.nii.gz", pre["target"]["affine"],
@@ -295,6 +301,7 @@ def run_register(moving, target, model_path, out_prefix, *, correction_model=Non
     summary = {
         "moving": str(moving), "target": str(target), "model": str(model_path),
         "correction_model": None if correction_model is None else str(correction_model),
+        "method": registration_method(correction_model, refinement),
         "atlas": str(atlas_t1), "atlas_mask": str(mask), "spacing": spacing_mm.tolist(), "normalize": normalize,
         "transformlist": [str(outputs["warp"]), str(outputs["affine"])], "whichtoinvert": [False, False],
         "seconds_affine": seconds_affine, "seconds_predict": pred["seconds"], "seconds_compose": seconds_compose,

@@ -7,7 +7,9 @@ the working grid, ``phi^{-1}`` (target atlas-space point -> moving atlas-space
 point); :func:`qs.register.compose_to_target` carries it into the target's own
 grid, ``F(y) = A_M(phi^{-1}(A_T^{-1}(y)))``, as an ANTs displacement field plus
 an affine. The atlas is a subject whose image is the atlas on the working grid
-and whose ``A`` is the identity. No LDDMM optimisation runs.
+and whose ``A`` is the identity. With a refinement (``register.method:
+predict+refine``) a few LDDMM energy evaluations start from the prediction
+(:mod:`qs.predict.refine`); otherwise no LDDMM optimisation runs.
 
 Outputs in ``OUT/`` (``F``: target point -> moving point):
 
@@ -51,7 +53,7 @@ from .io import (
     write_json,
     write_text,
 )
-from .register import compose_to_target, write_mat
+from .register import compose_to_target, registration_method, write_mat
 from .transforms import write_ants_displacement
 
 
@@ -97,13 +99,14 @@ def _carry(out: Path, prefix: str, field_file: Path, fixed_mat: Path, moving_mat
 def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, moving_affine=None,
                   target_affine=None, moving_labels=None, target_labels=None, inverse: bool = False,
                   correction_model=None, corrections: int = 1, stride=None, correction_stride=None, mirror_axes=(),
-                  device="auto", batch_size: int = 64, seed: int = 0) -> dict:
+                  device="auto", batch_size: int = 64, seed: int = 0, refinement=None) -> dict:
     """Predict one registration on the working grid and write it in the images' own spaces (module docstring).
 
     ``moving_grid``, ``target_grid``: the pre-processed images on the working grid (what the networks see);
     ``moving``, ``target``: the images the outputs are about (the subjects' own files, the atlas on the
     working grid); ``*_affine``: the pre-processing ANTs affines (atlas point -> image point), None for the
     atlas (the identity). ``*_labels``: label images on the grid of ``moving`` / ``target``.
+    ``refinement``: a :class:`qs.predict.refine.Refinement` (predict+refine) or None.
     """
     from .fields import field_of, is_shot, model_shooter
     from .model_io import read_meta
@@ -124,7 +127,8 @@ def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, m
         a_t = Path(target_affine) if target_affine else identity
         pred = run_predict(model, moving_grid, target_grid, work / "predict", correction_model=correction_model,
                            corrections=corrections, stride=stride, correction_stride=correction_stride,
-                           mirror_axes=mirror_axes, device=device, batch_size=batch_size, seed=seed, progress=False)
+                           mirror_axes=mirror_axes, device=device, batch_size=batch_size, seed=seed, progress=False,
+                           refinement=refinement)
         t0 = time.perf_counter()
         files = _carry(out, "", work / "predict" / "warp.nii.gz", a_t, a_m, Path(target), Path(moving),
                        moving_labels, "registration of the moving image to the target (target -> moving)")
@@ -147,7 +151,7 @@ def register_pair(model, moving_grid, target_grid, moving, target, out_dir, *, m
     summary = {
         "moving": str(moving), "target": str(target), "model": str(model),
         "correction_model": None if correction_model is None else str(correction_model),
-        "method": "predict+correct" if correction_model is not None else "predict",
+        "method": registration_method(correction_model, refinement),
         "seconds": seconds, "seconds_total": time.perf_counter() - t_start,
         "device": pred["device"], "detj_min": pred["detj_min"], "detj_max": pred["detj_max"],
         "prediction": {k: v for k, v in pred.items() if k not in ("outputs", "moving", "target")},

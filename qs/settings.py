@@ -71,7 +71,7 @@ RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                          ("grid.spacing", "train.target_contrast", "train.correction_init", *ATLAS_IDENTITY)),
     "predict": (("seed", "kernel", "refine"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                                      "predict.corrections", "predict.correction_stride")),
-    "register": (("seed",), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
+    "register": (("seed", "refine"), ("predict.batch_size", "predict.stride", "predict.mirror_axes", "predict.device",
                               "predict.corrections", "predict.correction_stride", "register.pairs", "register.method")),
     "predict_mc": (("seed", "kernel"), ("predict.batch_size", "predict.stride", "predict.device", "predict.samples")),
     "syn": (("seed", "syn"), ("evaluate.syn_variants",)),

@@ -119,6 +119,13 @@ USES_CORRECTION = bool(MODELS["correction"]) if REUSE else config["train"]["corr
 PREDICTS_MOMENTUM = config["train"]["field"] != "deformation"
 #: whether the run has the predict+refine method (LDDMM evaluations started from the prediction)
 REFINES = config["predict"]["refine_iterations"] + config["predict"]["refine_coarse_iterations"] > 0
+#: the register block's method; auto follows the models: the correction network where there is one, else the
+#: refinement where the run has one, else the prediction alone
+REGISTER_METHOD = (
+    REGISTER["method"]
+    if REGISTER["method"] != "auto"
+    else "predict+correct" if USES_CORRECTION else "predict+refine" if REFINES else "predict"
+)
 
 
 def check_models():
@@ -146,10 +153,15 @@ def check_models():
             f"config: register.pairs is {REGISTER['pairs']} but train.field is deformation: the cohort's "
             "registrations need a shot (diffeomorphic) transform; train a momentum or velocity model"
         )
-    if REGISTER["pairs"] != "none" and REGISTER["method"] == "predict+correct" and not USES_CORRECTION:
+    if REGISTER["pairs"] != "none" and REGISTER_METHOD == "predict+correct" and not USES_CORRECTION:
         raise QsInputError(
             "config: register.method is predict+correct but this run has no correction network "
-            "(train.correction: false); use register.method: predict"
+            "(train.correction: false); use register.method: auto, predict or predict+refine"
+        )
+    if REGISTER["pairs"] != "none" and REGISTER_METHOD == "predict+refine" and not REFINES:
+        raise QsInputError(
+            "config: register.method is predict+refine but predict.refine_iterations and "
+            "refine_coarse_iterations are both 0; set them (e.g. 10 and 10) or use register.method: predict"
         )
     return {kind: trained_on(check_model_fits(path, kind, config)) for kind, path in MODELS.items() if path}
 

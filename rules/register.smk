@@ -4,7 +4,7 @@
 rule register:
     input:
         model=model_file("prediction"),
-        correction=[model_file("correction")] if REGISTER["method"] == "predict+correct" else [],
+        correction=[model_file("correction")] if REGISTER_METHOD == "predict+correct" else [],
         moving_grid=registration_input("moving", "grid"),
         target_grid=registration_input("target", "grid"),
         moving_affine=registration_input("moving", "affine"),
@@ -29,8 +29,9 @@ rule register:
         **job_resources("register"),
     params:
         correct=correction_flags,
+        refine=group_args(config, "refine") if REGISTER_METHOD == "predict+refine" else [],
         # the keys themselves: correct is a function of the input, whose value Snakemake does not count
-        method=REGISTER["method"],
+        method=REGISTER_METHOD,
         corrections=config["predict"]["corrections"],
         correction_stride=config["predict"]["correction_stride"],
         passes=prediction_flags(),
@@ -47,7 +48,7 @@ rule register:
         seed=config["seed"],
         out=lambda w, output: os.path.dirname(output.summary),
     shell:
-        "OMP_NUM_THREADS={threads} qs register-pair --model {input.model:q} {params.correct:q} "
+        "OMP_NUM_THREADS={threads} qs register-pair --model {input.model:q} {params.correct:q} {params.refine:q} "
         "{params.passes:q} --moving-grid {input.moving_grid:q} --target-grid {input.target_grid:q} "
         "--moving {input.moving:q} --target {input.target:q} {params.files:q} {params.inverse:q} "
         "--batch-size {params.batch_size:q} --device {params.device:q} --seed {params.seed:q} --out {params.out:q} "

@@ -576,6 +576,21 @@ def test_register_normalizes_as_the_model_was_trained(trained, tmp_path):
     assert pre.max() == pytest.approx(1.0) and (pre > 1 - 1e-6).sum() <= 3
 
 
+def test_register_refines_the_prediction_when_asked(trained, tmp_path, cli):
+    """``qs register --refine``: predict+refine for raw images; the refinement lowers the LDDMM energy of the
+    prediction, the transform stays diffeomorphic and the summary names the method."""
+    demo = trained["demo"]
+    prefix = tmp_path / "reg" / "s1_to_s2"
+    rc = cli(["register", str(demo / "sub-01" / "sub-01_T1w.nii.gz"), str(demo / "sub-02" / "sub-02_T1w.nii.gz"),
+              "--model", str(trained["random4"]), "--refine", "2", "--refine-coarse", "2", "--out", str(prefix),
+              "--device", "cpu"])
+    assert rc == 0
+    js = json.loads((tmp_path / "reg" / "s1_to_s2_summary.json").read_text())
+    refine = js["prediction"]["refine"]
+    assert js["method"] == "predict+refine" and refine["iterations"] == 2 and refine["coarse_iterations"] == 2
+    assert refine["energy"] < refine["energy_start"] and js["detj_min"] > 0
+
+
 def test_register_refuses_an_atlas_of_another_spacing(trained, tmp_path):
     from qs.register import run_register
 

@@ -83,10 +83,14 @@ def test_default_config_plans_the_whole_dag(tmp_path):
 
 def test_the_demo_registers_its_cohort_when_asked(tmp_path):
     """config/demo.yaml is consistent with itself: with register.pairs set, the demo plans its registrations
-    (register.method predict: the demo trains no correction network)."""
-    run = snakemake("-n", "--quiet", "rules", "--config", "register={pairs: atlas-to-image}", cwd=tmp_path)
+    (register.method auto: the demo trains no correction network, so predict+refine, the refinement's flags)."""
+    run = snakemake("-n", "--config", "register={pairs: atlas-to-image}", cwd=tmp_path)
     assert run.returncode == 0, run.output[-3000:]
     assert planned_jobs(run.output)["register"] == 9, run.output
+    commands = [ln for ln in run.output.splitlines() if "qs register-pair" in ln]
+    assert len(commands) == 9 and all("--refine 10 --refine-coarse 10" in c and "--correct" not in c for c in commands)
+    forced = snakemake("-n", "--config", "register={pairs: atlas-to-image, method: predict+correct}", cwd=tmp_path)
+    assert forced.returncode != 0 and "no correction network" in forced.output
 
 
 def test_malformed_config_is_refused(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .predict import add_mirror_axes
+from .predict import add_mirror_axes, add_refinement, refinement_from_args
 
 
 def _register(args):
@@ -17,6 +17,7 @@ def _register(args):
         mirror_axes=args.mirror_axes, atlas=args.atlas,
         atlas_mask=args.atlas_mask, labels=args.labels, samples=args.samples, device=args.device, seed=args.seed,
         threads=args.threads, normalize=args.normalize, margin_mm=args.margin, batch_size=args.batch_size,
+        refinement=refinement_from_args(args),
     )
     print(json.dumps({k: summary[k] for k in ("seconds_total", "seconds_predict", "device", "detj_min",
                                               "ncc_with_target", "transformlist")}))
@@ -31,6 +32,7 @@ def _register_pair(args):
         target_labels=args.target_labels, inverse=args.inverse, correction_model=args.correction_model,
         corrections=args.corrections, stride=args.stride, correction_stride=args.correction_stride,
         mirror_axes=args.mirror_axes, device=args.device, batch_size=args.batch_size, seed=args.seed,
+        refinement=refinement_from_args(args),
     )
     print(json.dumps({k: summary[k] for k in ("seconds_total", "device", "detj_min", "outputs")}))
 
@@ -44,6 +46,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--stride", type=int, help="patch stride of both networks (default: each model's training stride)")
     p.add_argument("--correction-stride", type=int, help="patch stride of the correction network (default: --stride)")
     add_mirror_axes(p)
+    add_refinement(p)
 
 
 def add_subcommands(sub) -> None:
