@@ -11,7 +11,7 @@ Every ``--setting NAME=JSON`` is a set of keyword arguments of
 :func:`qs.lddmm.lddmm_registration` over the run's (``base`` = the run's
 own, always first), e.g. ``a02='{"alpha": 0.02, "beta": 0.02}'``,
 ``w3='{"window": 3}'``, ``long='{"coarse_iterations": 60, "iterations": 20}'``,
-``multi='{"kernel_scales": [1, 0.25]}'``. ``--syn syn-quick syn`` adds ANTs
+``multi='{"scales": [1, 0.5, 0.25]}'``. ``--syn syn-quick syn`` adds ANTs
 SyN settings (:data:`qs.syn.SETTINGS`) on the same pairs for comparison.
 
 Each (setting, pair) runs on one CPU thread, ``--jobs`` at once (like the
@@ -54,7 +54,7 @@ def lddmm_defaults(cfg: dict) -> dict:
                 iterations=L["iterations"], coarse_iterations=L["coarse_iterations"], similarity=L["similarity"],
                 window=L["window"], method=L["optimizer"], progress=False,
                 **({"power": L["power"]} if "power" in L else {}),
-                **({"kernel_scales": L["kernel_scales"]} if L.get("kernel_scales") else {}))
+                **({"scales": L["kernel_scales"]} if L.get("kernel_scales") else {}))
 
 
 def _overlap(warped_labels: np.ndarray, target_labels: np.ndarray, exclude) -> float:

@@ -46,7 +46,7 @@ from functools import lru_cache
 
 import torch
 
-from .lddmm import DEFAULTS, FluidKernel, Shooter, padded_shape, zero_pad
+from .lddmm import DEFAULTS, SINGLE_SCALE, FluidKernel, Shooter, padded_shape, zero_pad
 
 FIELDS = ("momentum", "velocity", "deformation")
 #: fields from which the transform is shot (a geodesic: diffeomorphic); a deformation is used as it is
@@ -78,20 +78,26 @@ def field_of(meta: dict) -> str:
 
 
 def kernel_settings(meta: dict) -> dict:
-    """The LDDMM kernel and shooting settings of a model: ``alpha, beta, gamma, power, time_steps``."""
+    """The LDDMM kernel and shooting settings of a model: ``alpha, beta, gamma, power, scales, time_steps``
+    (``scales``: the meta's ``kernel_scales``, a single width when it has none)."""
     return {
         "alpha": float(meta["alpha"]), "beta": float(meta["beta"]), "gamma": float(meta["gamma"]),
-        "power": int(meta.get("power", DEFAULTS["power"])), "time_steps": int(meta["time_steps"]),
+        "power": int(meta.get("power", DEFAULTS["power"])),
+        "scales": tuple(float(s) for s in meta.get("kernel_scales", SINGLE_SCALE)), "time_steps": int(meta["time_steps"]),
     }
 
 
 def model_kernel(meta: dict, shape, spacing, *, pad: int = 0, device="cpu") -> FluidKernel:
     """The float32 fluid kernel of ``meta``'s settings on the periodic grid :func:`qs.lddmm.padded_shape`
     ``(shape, pad)`` of the image grid ``shape`` (voxels) with ``spacing`` (mm)."""
-    k = kernel_settings(meta)
+    return settings_kernel(kernel_settings(meta), shape, spacing, pad=pad, device=device)
+
+
+def settings_kernel(k: dict, shape, spacing, *, pad: int = 0, device="cpu") -> FluidKernel:
+    """:func:`model_kernel` from the settings :func:`kernel_settings` returns."""
     return FluidKernel(padded_shape(tuple(int(n) for n in shape), int(pad)), tuple(float(h) for h in spacing),
-                       alpha=k["alpha"], beta=k["beta"], gamma=k["gamma"], power=k["power"], dtype=torch.float32,
-                       device=device)
+                       alpha=k["alpha"], beta=k["beta"], gamma=k["gamma"], power=k["power"], scales=k["scales"],
+                       dtype=torch.float32, device=device)
 
 
 def model_shooter(meta: dict, shape, spacing, *, device="cpu", compile=False) -> Shooter:
@@ -107,7 +113,7 @@ def model_shooter(meta: dict, shape, spacing, *, device="cpu", compile=False) ->
 
 @lru_cache(maxsize=4)  # one kernel per grid and settings: MC samples and correction reuse it
 def _kernel(shape, spacing, settings, device) -> FluidKernel:
-    return model_kernel(dict(settings), shape, spacing, device=torch.device(device))
+    return settings_kernel(dict(settings), shape, spacing, device=torch.device(device))
 
 
 def _on_periodic_grid(x: torch.Tensor, spacing, meta: dict, operator) -> torch.Tensor:

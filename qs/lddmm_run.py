@@ -31,7 +31,7 @@ import torch
 from .device import resolve_device
 from .io import (check_finite, check_json, check_same_grid, load_image, load_labels, save_array,
                  spacing as grid_spacing, write_json, write_text)
-from .lddmm import DEFAULTS, lddmm_registration, warp_labels
+from .lddmm import DEFAULTS, SINGLE_SCALE, lddmm_registration, warp_labels
 from .lddmm.registration import DEFAULT_ITERATIONS
 from .transforms import write_ants_displacement
 
@@ -57,7 +57,7 @@ def write_registration(out_dir, affine, spacing, m0, phiinv, warped, *, labels=N
 
 def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT_ITERATIONS,
               alpha: float = DEFAULTS["alpha"], beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"],
-              sigma: float = 0.2, time_steps: int = 10, step: float | None = None, optimizer: str = "lbfgs",
+              scales=SINGLE_SCALE, sigma: float = 0.2, time_steps: int = 10, step: float | None = None, optimizer: str = "lbfgs",
               coarse_iterations: int = 0, similarity: str = "ssd", window: int = 5, device="auto", seed: int = 0,
               progress: bool = True, compile="auto", pad: int = 0) -> dict:
     """Register the image file ``moving`` to ``target`` and write the outputs under ``out_dir``.
@@ -77,7 +77,7 @@ def run_lddmm(moving, target, out_dir, *, labels=None, iterations: int = DEFAULT
     h = grid_spacing(tgt)
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
     res = lddmm_registration(np.asarray(mov.dataobj), np.asarray(tgt.dataobj), h, iterations=iterations,
-                             alpha=alpha, beta=beta, gamma=gamma, sigma=sigma, time_steps=time_steps, step=step,
+                             alpha=alpha, beta=beta, gamma=gamma, scales=scales, sigma=sigma, time_steps=time_steps, step=step,
                              method=optimizer, pad=pad, coarse_iterations=coarse_iterations, similarity=similarity,
                              window=window, device=dev, compile=compile, seed=seed, progress=progress)
     check_finite([

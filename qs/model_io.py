@@ -46,7 +46,9 @@ KINDS = ("prediction", "correction")
 RUN_KEYS = ("kind", "stride", "alpha", "beta", "gamma", "time_steps", "sigma", "spacing", "modality",
             "train_pairs", "train_patches", "momentum_scale")
 #: LDDMM settings a model is tied to (compare them with ``expect`` at prediction)
-LDDMM_KEYS = ("alpha", "beta", "gamma", "time_steps", "sigma")
+LDDMM_KEYS = ("alpha", "beta", "gamma", "time_steps", "sigma", "kernel_scales")
+#: the value of a key that models written before it existed mean (a single-width kernel)
+IMPLIED = {"kernel_scales": [1.0]}
 REQUIRED_KEYS = ("format", "architecture", "patch", "features", "dropout", "intensity", "qs_version",
                  "torch_version", "weights_sha256") + RUN_KEYS
 
@@ -221,10 +223,11 @@ def check_expect(meta: dict, expect: dict, path) -> None:
     """Raise :class:`QsInputError` naming every key whose model value differs from the run's."""
     problems = []
     for key, want in expect.items():
-        if key not in meta:
+        have = meta.get(key, IMPLIED.get(key))
+        if have is None:
             problems.append(f"{key}: the model has no value, this run uses {want!r}")
-        elif not same_value(meta[key], list(want) if isinstance(want, tuple) else want):
-            problems.append(f"{key}: the model has {meta[key]!r}, this run uses {want!r}")
+        elif not same_value(have, list(want) if isinstance(want, tuple) else want):
+            problems.append(f"{key}: the model has {have!r}, this run uses {want!r}")
     if problems:
         raise QsInputError(
             f"{path}: model does not match this run's settings ("

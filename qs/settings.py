@@ -35,6 +35,7 @@ GROUPS: dict[str, dict[str, str]] = {
     "preprocess": {"preprocess.normalize": "--normalize"},
     # the kernel L = (-alpha Lap - beta grad div + gamma)^2 and the shooting: LDDMM, the fields, the models
     "kernel": {"lddmm.alpha": "--alpha", "lddmm.beta": "--beta", "lddmm.gamma": "--gamma",
+               "lddmm.kernel_scales": "--kernel-scales",
                "lddmm.sigma": "--sigma", "lddmm.time_steps": "--time-steps"},
     "lddmm": {"lddmm.iterations": "--iterations", "lddmm.coarse_iterations": "--coarse-iterations",
               "lddmm.similarity": "--similarity", "lddmm.window": "--window", "lddmm.optimizer": "--optimizer",

@@ -106,6 +106,28 @@ def test_kernel_is_the_same_physical_smoother_at_1_2_3_mm():
     assert max(widths) / min(widths) < 1.4, widths
 
 
+def test_a_multi_scale_kernel_is_the_mean_of_its_widths():
+    """kernel_scales: K is the mean of the kernels of alpha, beta times scale^2; its operator is K's inverse; the
+    same gain for a constant field, a narrower impulse response than its widest kernel."""
+    shape, h = (12, 10, 14), (2.0, 2.0, 2.0)
+    kw = dict(alpha=0.08, beta=0.04, gamma=0.001, dtype=torch.float64)
+    multi = FluidKernel(shape, h, scales=(1.0, 0.5), **kw)
+    wide = FluidKernel(shape, h, **kw)
+    narrow = FluidKernel(shape, h, **{**kw, "alpha": 0.02, "beta": 0.01})
+    v = torch.randn(3, *shape, dtype=torch.float64)
+    torch.testing.assert_close(multi.apply(v), (wide.apply(v) + narrow.apply(v)) / 2)
+    torch.testing.assert_close(multi.apply_operator(multi.apply(v)), v)
+    ones = torch.ones(3, *shape, dtype=torch.float64)
+    torch.testing.assert_close(multi.apply(ones), wide.apply(ones))
+    impulse = torch.zeros(3, *shape, dtype=torch.float64)
+    impulse[0, 6, 5, 7] = 1.0
+    peak = lambda k: k.apply(impulse)[0, 6, 5, 7] / k.apply(impulse)[0, 6:, 5, 7].sum()  # noqa: E731
+    assert peak(narrow) > peak(multi) > peak(wide)
+    assert multi.params["scales"] == [1.0, 0.5]
+    with pytest.raises(ValueError, match="scales"):
+        FluidKernel(shape, h, scales=(1.0, 0.0))
+
+
 # ---------------------------------------------------------------------------
 # shooting
 # ---------------------------------------------------------------------------

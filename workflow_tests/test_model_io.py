@@ -26,8 +26,8 @@ def saved(tmp_path):
 
 def test_roundtrip(saved):
     net, path = saved
-    model, meta = load_model(path, expect={k: RUN[k] for k in LDDMM_KEYS} | {"kind": "prediction",
-                                                                             "spacing": (1.0, 1.0, 1.0)})
+    model, meta = load_model(path, expect={k: RUN[k] for k in LDDMM_KEYS if k in RUN} | {"kind": "prediction",
+                                                                                         "spacing": (1.0, 1.0, 1.0)})
     assert not model.training
     x = torch.rand(2, 2, 15, 15, 15)
     with torch.no_grad():
@@ -38,6 +38,16 @@ def test_roundtrip(saved):
     assert meta["torch_version"] == torch.__version__ and len(meta["weights_sha256"]) == 64
     assert read_meta(path) == meta
     assert not list(path.parent.glob("*.tmp*"))
+
+
+def test_a_model_without_kernel_scales_has_a_single_kernel(saved):
+    """Models written before lddmm.kernel_scales existed mean one kernel: they fit [1.0] and are refused for a
+    multi-scale kernel, naming the key."""
+    _, path = saved
+    assert "kernel_scales" not in read_meta(path)
+    load_model(path, expect={"kernel_scales": [1.0]})
+    with pytest.raises(QsInputError, match=r"kernel_scales: the model has \[1.0\], this run uses \[1.0, 0.5\]"):
+        load_model(path, expect={"kernel_scales": [1.0, 0.5]})
 
 
 def test_save_requires_run_metadata(tmp_path):

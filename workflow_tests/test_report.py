@@ -237,3 +237,25 @@ def test_affine_qc_flags_outliers_against_the_cohorts_spread():
     warning = qc_warning(table.reset_index())
     assert warning.startswith("affine QC flags 2 of 8 subjects") and "s1:" in warning and "s3:" in warning
     assert qc_warning(affine_qc_table(records[4:])) is None
+
+
+def test_a_syn_setting_on_fewer_pairs_is_compared_pair_by_pair():
+    """evaluate.syn_max_pairs runs the slow SyN settings on fewer reference pairs: the strongest SyN setting is
+    chosen on the pairs every setting ran on, and the differences against it are taken pair by pair."""
+    from qs.report.tables import accuracy_time_table, label_overlap_table, strongest_syn
+
+    rows = []
+    # syn-quick: 0.70 on p1, 0.80 on p2 and p3; syn only on p1, at 0.75 (its mean is below syn-quick's 0.767)
+    for method, values in {"syn-quick": [0.70, 0.80, 0.80], "syn": [0.75], "lddmm": [0.72, 0.78, 0.79]}.items():
+        for pair, v in zip(["p1", "p2", "p3"], values):
+            for label in ("all", "1"):
+                rows.append({"pair": pair, "method": method, "label": label, "target_overlap": v, "dice": v})
+    overlap = pd.DataFrame(rows)
+    assert strongest_syn(overlap) == "syn"  # better on the one pair both ran on
+    acc = accuracy_time_table(overlap, pd.DataFrame()).set_index("method")
+    assert acc.loc["syn", "pairs"] == 1 and acc.loc["lddmm", "pairs"] == 3
+    assert acc.loc["lddmm", "vs_reference_mean"] == pytest.approx(-0.03)  # p1 only
+    assert acc.loc["syn-quick", "pairs_at_or_above_reference"] == 0
+    per_label = label_overlap_table(overlap).set_index("method")
+    assert per_label.loc["lddmm", "vs_reference"] == pytest.approx(-0.03)
+    assert per_label.loc["lddmm", "target_overlap_mean"] == pytest.approx((0.72 + 0.78 + 0.79) / 3)

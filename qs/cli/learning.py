@@ -12,7 +12,8 @@ from .args import add_patch_args
 def _patches(args):
     from ..patches import pair_patches_from_files
 
-    kernel = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps}
+    kernel = {"alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "kernel_scales": args.kernel_scales,
+              "time_steps": args.time_steps}
     pair_patches_from_files(args.moving, args.target, args.momentum, args.out, patch=args.patch, stride=args.stride,
                             threshold=args.threshold, pair=args.pair, field=args.field, kernel=kernel)
 
@@ -22,8 +23,8 @@ def _train(args):
     from ..train import train
 
     meta = {
-        "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "time_steps": args.time_steps,
-        "sigma": args.sigma, "spacing": [args.spacing] * 3, "modality": args.modality,
+        "alpha": args.alpha, "beta": args.beta, "gamma": args.gamma, "kernel_scales": args.kernel_scales,
+        "time_steps": args.time_steps, "sigma": args.sigma, "spacing": [args.spacing] * 3, "modality": args.modality,
         "normalize": args.normalize,
     }
     if args.atlas:

@@ -51,7 +51,7 @@ def _lddmm(args):
 
     summary = run_lddmm(
         args.moving, args.target, args.out, labels=args.labels, iterations=args.iterations, alpha=args.alpha,
-        beta=args.beta, gamma=args.gamma, sigma=args.sigma, time_steps=args.time_steps,
+        beta=args.beta, gamma=args.gamma, scales=args.kernel_scales, sigma=args.sigma, time_steps=args.time_steps,
         optimizer=args.optimizer, coarse_iterations=args.coarse_iterations, similarity=args.similarity,
         window=args.window, device=args.device, seed=args.seed, progress=sys.stderr.isatty(),
     )

@@ -19,14 +19,14 @@ Conventions: fields are ``(3, I, J, K)``, component ``c`` along voxel axis
 
 from .gradient import Energy, Objective, energy_autograd
 from .jacobian import jacobian_determinant
-from .kernel import DEFAULTS, FluidKernel, padded_shape, zero_pad
+from .kernel import DEFAULTS, SINGLE_SCALE, FluidKernel, padded_shape, zero_pad
 from .optimize import OptimizeResult, optimize
 from .registration import RegistrationResult, lddmm_registration
 from .shooting import Geodesic, Shooter
 from .warp import identity, sample, warp_image, warp_labels
 
 __all__ = [
-    "DEFAULTS", "Energy", "FluidKernel", "Geodesic", "Objective", "OptimizeResult", "RegistrationResult",
+    "DEFAULTS", "SINGLE_SCALE", "Energy", "FluidKernel", "Geodesic", "Objective", "OptimizeResult", "RegistrationResult",
     "Shooter", "energy_autograd", "identity", "jacobian_determinant", "lddmm_registration", "optimize",
     "padded_shape", "sample", "warp_image", "warp_labels", "zero_pad",
 ]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .kernel import DEFAULTS, FluidKernel, padded_shape, zero_pad
+from .kernel import DEFAULTS, SINGLE_SCALE, FluidKernel, padded_shape, zero_pad
 from .epdiff import rk4_step
 from .shooting import Shooter
 from .warp import identity, sample
@@ -82,13 +82,14 @@ class Objective:
     Parameters: ``I0`` moving, ``I1`` target (3D, same shape), ``spacing``
     (mm, 3 values), ``sigma``, ``similarity`` (``"ssd"``: the sum of squared
     differences above; ``"lncc"``: ``(1 - local_ncc) / (2 sigma^2)``, robust to
-    bias fields and contrast, ``window`` voxels wide), kernel ``alpha, beta, gamma, power``,
+    bias fields and contrast, ``window`` voxels wide), kernel ``alpha, beta, gamma, power, scales``,
     ``time_steps``, ``pad`` (extra periodic voxels per axis), ``compile`` and
     ``store_velocities`` (see :class:`.shooting.Shooter`), ``dtype``, ``device``.
     """
 
     def __init__(self, I0, I1, spacing, *, sigma=0.2, alpha=DEFAULTS["alpha"], beta=DEFAULTS["beta"],
-                 gamma=DEFAULTS["gamma"], power=DEFAULTS["power"], time_steps=10, pad=0, compile="auto",
+                 gamma=DEFAULTS["gamma"], power=DEFAULTS["power"], scales=SINGLE_SCALE, time_steps=10, pad=0,
+                 compile="auto",
                  store_velocities="auto", similarity="ssd", window=5, dtype=torch.float32, device="cpu"):
         self.I0 = _as3d(I0, "I0", dtype, device)
         self.I1 = _as3d(I1, "I1", dtype, device)
@@ -108,7 +109,7 @@ class Objective:
         self.nvox = self.shape[0] * self.shape[1] * self.shape[2]
         self.dtype, self.device = dtype, torch.device(device)
         self.kernel = FluidKernel(self.padded, self.spacing, alpha=alpha, beta=beta, gamma=gamma, power=power,
-                                  dtype=dtype, device=device)
+                                  scales=scales, dtype=dtype, device=device)
         self.shooter = Shooter(self.kernel, time_steps=time_steps, compile=compile, store_velocities=store_velocities)
         self._id = identity(self.shape, self.spacing, dtype=dtype, device=device)
 

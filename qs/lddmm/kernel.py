@@ -36,6 +36,13 @@ smooth velocities (``gamma^2`` instead of ``gamma`` at low frequencies), so
 with sigma = 0.2 the regularity term is below 1% of the matching term at
 convergence and the optimizer's smooth gradient flow does most of the
 regularising. ``power`` is a parameter.
+
+Several widths (``scales``, a multi-scale kernel as in Risser et al. 2011):
+``K = (1/n) sum_s L_s^{-p}`` with ``L_s`` the operator of ``alpha s^2, beta
+s^2, gamma``, i.e. the kernel scaled in width by ``s`` (``l = s sqrt(alpha /
+gamma)``) and the same gain ``gamma^{-p}`` at zero frequency; the narrower
+ones pass the fine detail a single wide kernel smooths away. ``scales = (1,)``
+is the single kernel above; ``L^p`` is then the inverse of the summed symbol.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ import math
 import torch
 
 DEFAULTS = {"alpha": 0.01, "beta": 0.01, "gamma": 0.001, "power": 2}
+#: the widths of a single kernel (:class:`FluidKernel`'s ``scales``)
+SINGLE_SCALE = (1.0,)
 
 
 def fft_friendly(n: int) -> int:
@@ -104,6 +113,8 @@ def _axis_symbols(n: int, h: float, dim: int, axis: int):
 class FluidKernel:
     """``K = L^{-power}`` on a periodic grid of ``shape`` with ``spacing`` (mm): the settings and the operators.
 
+    ``scales``: the widths of a multi-scale kernel (module docstring), relative to ``sqrt(alpha / gamma)``.
+
     ``apply(m)`` returns ``K m`` (momentum to velocity, mm per unit time);
     ``apply_operator(v)`` returns ``L^power v``; ``lowpass(v, cutoff_mm)`` the
     kernel-shaped low-pass of a velocity. Fields are ``(3, I, J, K)`` (or
@@ -112,7 +123,8 @@ class FluidKernel:
     """
 
     def __init__(self, shape, spacing, *, alpha=DEFAULTS["alpha"], beta=DEFAULTS["beta"],
-                 gamma=DEFAULTS["gamma"], power=DEFAULTS["power"], dtype=torch.float32, device="cpu"):
+                 gamma=DEFAULTS["gamma"], power=DEFAULTS["power"], scales=SINGLE_SCALE, dtype=torch.float32,
+                 device="cpu"):
         shape = tuple(int(n) for n in shape)
         spacing = tuple(float(h) for h in spacing)
         if len(shape) != 3 or len(spacing) != 3:
@@ -123,6 +135,10 @@ class FluidKernel:
             raise ValueError(f"FluidKernel: need alpha >= 0, beta >= 0, gamma > 0; got {alpha}, {beta}, {gamma}")
         if int(power) != power or power < 1:
             raise ValueError(f"FluidKernel: power must be a positive integer, got {power}")
+        scales = tuple(float(s) for s in scales)
+        if not scales or min(scales) <= 0:
+            raise ValueError(f"FluidKernel: scales must be positive widths, got {list(scales)}")
+        self.scales = scales
         self.shape, self.spacing = shape, spacing
         self.alpha, self.beta, self.gamma, self.power = float(alpha), float(beta), float(gamma), int(power)
         self.dtype, self.device = dtype, torch.device(device)
@@ -132,7 +148,8 @@ class FluidKernel:
 
     @property
     def params(self) -> dict:
-        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "power": self.power}
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma, "power": self.power,
+                "scales": list(self.scales)}
 
     def _symbol(self, inverse: bool):
         """The 6 entries (00, 11, 22, 01, 02, 12) of ``L^{-p}`` (or ``L^p``), re/im interleaved.
@@ -147,22 +164,22 @@ class FluidKernel:
         for i0 in range(0, n0, step):
             sl = slice(i0, min(i0 + step, n0))
             c0, s0 = c[0][sl], s[0][sl]
-            lam = self.alpha * (c0 + c[1] + c[2]) + self.gamma
-            a, b, cc = lam + self.beta * c0, lam + self.beta * c[1], lam + self.beta * c[2]
-            d, e, f = self.beta * s0 * s[1], self.beta * s0 * s[2], self.beta * s[1] * s[2]
-            a, b, cc, d, e, f = torch.broadcast_tensors(a, b, cc, d, e, f)
-            if inverse:  # inverse of the symmetric matrix [[a d e] [d b f] [e f cc]] by its adjugate
-                A00, A11, A22 = b * cc - f * f, a * cc - e * e, a * b - d * d
-                A01, A02, A12 = e * f - d * cc, d * f - b * e, d * e - a * f
-                det = a * A00 + d * A01 + e * A02
-                base = [A00 / det, A11 / det, A22 / det, A01 / det, A02 / det, A12 / det]
-            else:
-                base = [a, b, cc, d, e, f]
-            out = base
-            for _ in range(self.power - 1):
-                out = _symmul(out, base)
+            if self.scales == SINGLE_SCALE:
+                out = _power(self._operator(c0, s0, c, s, 1.0), self.power, inverse)
+            else:  # the mean of the scales' kernels; the operator is its inverse
+                parts = [_power(self._operator(c0, s0, c, s, w * w), self.power, True) for w in self.scales]
+                out = [sum(p[i] for p in parts) / len(parts) for i in range(6)]
+                out = out if inverse else _inverse(out)
             sym[:, sl] = torch.stack(out).repeat_interleave(2, dim=-1).to(dtype=self.dtype, device=self.device)
         return sym
+
+    def _operator(self, c0, s0, c, s, scale2: float):
+        """The 6 entries of ``L`` with ``alpha, beta`` times ``scale2`` (broadcast over a slab of frequencies)."""
+        alpha, beta = self.alpha * scale2, self.beta * scale2
+        lam = alpha * (c0 + c[1] + c[2]) + self.gamma
+        a, b, cc = lam + beta * c0, lam + beta * c[1], lam + beta * c[2]
+        d, e, f = beta * s0 * s[1], beta * s0 * s[2], beta * s[1] * s[2]
+        return list(torch.broadcast_tensors(a, b, cc, d, e, f))
 
     def _check(self, x):
         if x.shape[-4:] != (3, *self.shape):
@@ -251,6 +268,25 @@ def symbol_multiply(sym: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     X0, X1, X2 = Xr.unbind(-4)
     rows = [sym[r[0]] * X0 + sym[r[1]] * X1 + sym[r[2]] * X2 for r in _ROWS]
     return torch.view_as_complex(torch.stack(rows, dim=-4).reshape(*shp, 2))
+
+
+def _inverse(m):
+    """Inverse of the symmetric 3x3 matrices ``[[a d e] [d b f] [e f cc]]`` (entries 00, 11, 22, 01, 02, 12) by
+    their adjugate."""
+    a, b, cc, d, e, f = m
+    A00, A11, A22 = b * cc - f * f, a * cc - e * e, a * b - d * d
+    A01, A02, A12 = e * f - d * cc, d * f - b * e, d * e - a * f
+    det = a * A00 + d * A01 + e * A02
+    return [A00 / det, A11 / det, A22 / det, A01 / det, A02 / det, A12 / det]
+
+
+def _power(m, power: int, inverse: bool):
+    """``m^power`` or ``m^-power`` of the symmetric matrices ``m`` (6 entries)."""
+    base = _inverse(m) if inverse else m
+    out = base
+    for _ in range(power - 1):
+        out = _symmul(out, base)
+    return out
 
 
 def _symmul(p, q):

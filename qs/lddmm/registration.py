@@ -14,7 +14,7 @@ import torch
 
 from .gradient import Objective
 from .jacobian import jacobian_determinant
-from .kernel import DEFAULTS
+from .kernel import DEFAULTS, SINGLE_SCALE
 from .multiscale import coarse_spacing, coarsen_image, refine_momentum
 from .optimize import optimize
 from .warp import warp_image
@@ -40,6 +40,7 @@ class RegistrationResult:
 
 def lddmm_registration(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS, alpha: float = DEFAULTS["alpha"],
                        beta: float = DEFAULTS["beta"], gamma: float = DEFAULTS["gamma"], power: int = DEFAULTS["power"],
+                       scales=SINGLE_SCALE,
                        sigma: float = 0.2, time_steps: int = 10, step: float | None = None, method: str = "lbfgs",
                        pad: int = 0, m0=None, coarse_iterations: int = 0, similarity: str = "ssd", window: int = 5,
                        device="cpu", compile="auto", dtype=torch.float32, seed: int = 0,
@@ -64,7 +65,7 @@ def lddmm_registration(I0, I1, spacing, *, iterations: int = DEFAULT_ITERATIONS,
         raise ValueError(f"lddmm_registration: coarse_iterations must be >= 0, got {coarse_iterations}")
     t0 = time.perf_counter()
     settings = dict(sigma=sigma, similarity=similarity, window=window, alpha=alpha, beta=beta, gamma=gamma,
-                    power=power, time_steps=time_steps, pad=pad, compile=compile, dtype=dtype, device=dev)
+                    power=power, scales=scales, time_steps=time_steps, pad=pad, compile=compile, dtype=dtype, device=dev)
     obj = Objective(I0, I1, spacing, **settings)
     if m0 is not None:
         m0 = torch.as_tensor(m0, dtype=dtype, device=dev)

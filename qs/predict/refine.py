@@ -59,6 +59,6 @@ def refine_momentum(m0: torch.Tensor, moving, target, meta: dict, spacing, refin
     return lddmm_registration(moving, target, tuple(float(h) for h in spacing), m0=m0,
                               iterations=int(refinement.iterations),
                               coarse_iterations=int(refinement.coarse_iterations), alpha=k["alpha"], beta=k["beta"],
-                              gamma=k["gamma"], power=k["power"], time_steps=k["time_steps"],
+                              gamma=k["gamma"], power=k["power"], scales=k["scales"], time_steps=k["time_steps"],
                               sigma=float(meta["sigma"]), similarity=refinement.similarity,
                               window=int(refinement.window), device=device, compile=compile, progress=False)

@@ -123,6 +123,11 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
               markdown_table(accuracy, {"median_s": ".1f", "pairs": "d", "pairs_at_or_above_reference": "d",
                                         "vs_reference_mean": "+.4f", "vs_reference_min": "+.4f",
                                         "vs_reference_max": "+.4f"})]
+        most = int(accuracy["pairs"].max())
+        fewer = [f"`{r.method}` on {int(r.pairs)}" for r in accuracy.itertuples() if 0 < r.pairs < most]
+        if fewer:
+            s += ["", f"Run on fewer of the {most} reference pairs (`evaluate.syn_max_pairs`): {', '.join(fewer)}; "
+                  "every difference against a method is taken on the pairs both ran on."]
         per_pair = pair_overlap_table(overlap)
         if len(per_pair):
             s += ["", "Per pair (pooled target overlap; `A - B`: the difference):", "",

@@ -90,10 +90,15 @@ def detj_table(detj: pd.DataFrame) -> pd.DataFrame:
 
 
 def strongest_syn(overlap: pd.DataFrame) -> str | None:
-    """The SyN setting (``syn``, ``syn-quick``, ``syn-*``) with the highest mean pooled target overlap, else None."""
-    mo = mean_overlap_table(overlap)
-    syn = mo[[is_syn(m) for m in mo["method"]]]
-    return None if syn.empty else str(syn.sort_values("target_overlap_mean", ascending=False)["method"].iloc[0])
+    """The SyN setting (``syn``, ``syn-quick``, ``syn-*``) with the highest mean pooled target overlap on the pairs
+    every SyN setting ran on (``evaluate.syn_max_pairs`` runs the slow ones on fewer), else None."""
+    allrows = _overlap_by_pair(overlap)
+    syn = allrows[[m for m in allrows.columns if is_syn(m)]]
+    if syn.empty:
+        return None
+    shared = syn.dropna()
+    means = (shared if len(shared) else syn).mean()
+    return str(means.sort_values(ascending=False, kind="stable").index[0])
 
 
 def overlap_reference(overlap: pd.DataFrame) -> str | None:
@@ -148,7 +153,8 @@ def pair_overlap_table(overlap: pd.DataFrame) -> pd.DataFrame:
 
 def label_overlap_table(overlap: pd.DataFrame, names: dict | None = None) -> pd.DataFrame:
     """Per label and method: mean and worst-pair target overlap over pairs, and the mean difference from the
-    reference (:func:`overlap_reference`) on that label; ``name`` from ``names`` (id -> structure name)."""
+    reference (:func:`overlap_reference`) on that label, pair by pair on the pairs the reference ran on; ``name``
+    from ``names`` (id -> structure name)."""
     labels = overlap[overlap["label"] != "all"]
     cols = ["label", "name", "method", "target_overlap_mean", "target_overlap_min", "reference", "vs_reference"]
     if labels.empty:
@@ -156,9 +162,15 @@ def label_overlap_table(overlap: pd.DataFrame, names: dict | None = None) -> pd.
     ref = overlap_reference(overlap)
     g = labels.groupby(["label", "method"])["target_overlap"]
     table = pd.DataFrame({"target_overlap_mean": g.mean(), "target_overlap_min": g.min()}).reset_index()
-    ref_mean = table[table["method"] == ref].set_index("label")["target_overlap_mean"] if ref else pd.Series(dtype=float)
     table["reference"] = ref or ""
-    table["vs_reference"] = table["target_overlap_mean"] - table["label"].map(ref_mean)
+    if ref:  # per pair, on the pairs the reference ran on
+        own = labels[labels["method"] == ref].set_index(["label", "pair"])["target_overlap"]
+        diff = labels.assign(d=labels["target_overlap"].to_numpy() - own.reindex(
+            pd.MultiIndex.from_frame(labels[["label", "pair"]])).to_numpy())
+        table["vs_reference"] = table.set_index(["label", "method"]).index.map(
+            diff.groupby(["label", "method"])["d"].mean())
+    else:
+        table["vs_reference"] = math.nan
     names = {str(k): str(v) for k, v in (names or {}).items()}
     table["name"] = table["label"].map(lambda label: names.get(str(label), ""))
     order = {m: i for i, m in enumerate(report_order(table["method"]))}
