@@ -1,28 +1,30 @@
 """qs: Quicksilver (fast predictive LDDMM registration) for cohort studies.
 
 Run the demo:   snakemake --cores all
-Your cohort:    snakemake --cores all --configfile my_cohort.yaml   (start from config/cohort.yaml)
+Your cohort:    snakemake --cores all --configfile config.yaml   (the top-level config.yaml: set the cohort)
+The cost first: qs plan --configfile config.yaml
 
-Settings: the schema's defaults (qs/schemas/config.schema.yaml: every key, its default and meaning) under the
-user's --configfile / --config. The demo cohort (cohort.source: demo, the default) also takes the demo's CPU
-budget, config/demo.yaml, under the user's settings; no other cohort does. results/provenance/config.yaml
-shows the effective settings of a run.
+Settings, lowest first (qs.settings.run_config): the schema's defaults (qs/schemas/config.schema.yaml; every key
+in config/README.md) < the preset (`preset: cpu | gpu`, config/presets/) < the demo's budget config/demo.yaml
+(the demo cohort only: cohort.source demo, the default) < the user's --configfile / --config.
+results/provenance/config.yaml shows the effective settings of a run.
 """
 
+import os
 import sys
 
 from snakemake.utils import min_version
 
 from qs.runlock import record_lock_owner, release_stale_lock
-from qs.settings import with_demo_budget
+from qs.settings import run_config
 
 min_version("9.0")
 
-# The demo's CPU budget applies to the demo cohort only (qs.settings.with_demo_budget); every other cohort runs with
-# the schema's defaults and the user's settings. Jobs spawned on a cluster get the same --configfile/--config,
-# so they derive the same config.
+# The preset (config/presets/), then the demo's CPU budget for the demo cohort only, under the user's settings
+# (qs.settings.run_config). Jobs spawned on a cluster get the same --configfile/--config, so they derive the same
+# config.
 DEMO_CONFIG = workflow.source_path("config/demo.yaml")
-config.update(with_demo_budget(config, DEMO_CONFIG))
+config.update(run_config(config, os.path.join(workflow.basedir, "config", "presets"), DEMO_CONFIG))
 
 
 report: "report/workflow.rst"

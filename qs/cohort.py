@@ -241,19 +241,22 @@ def ordered_pairs(subjects: list[str], limit: int, seed) -> list[tuple[str, str]
 
 
 def make_pairs(table: pd.DataFrame, *, mode: str, seed: int, max_train_pairs: int = 0, max_test_pairs: int = 0,
-               train_pairs_optional: bool = False) -> pd.DataFrame:
+               train_pairs_optional: bool = False, reference_pairs: bool = True) -> pd.DataFrame:
     """Registration pairs ``moving -> target`` with columns pair, moving, target, split.
 
     ``atlas-to-image``: the atlas is the moving image for every subject.
     ``image-to-image``: all ordered pairs of distinct subjects within a split.
     ``max_*_pairs`` > 0 keeps a seeded random subset (sorted by pair id).
     A split without pairs is an error, the train split's not with ``train_pairs_optional``
-    (a run that reuses trained models needs no training pairs).
+    (a run that reuses trained models needs no training pairs). ``reference_pairs`` False: no test pairs at all
+    (config ``pairs.reference``: a run that only registers the cohort).
     """
     if mode not in ("atlas-to-image", "image-to-image"):
         raise QsInputError(f"pairs.mode must be 'atlas-to-image' or 'image-to-image', got '{mode}'")
     rows = []
     for split in SPLITS:
+        if split == "test" and not reference_pairs:
+            continue
         subjects = sorted(table.loc[table["split"] == split, "subject"])
         limit = max_train_pairs if split == "train" else max_test_pairs
         if mode == "atlas-to-image":
@@ -267,7 +270,7 @@ def make_pairs(table: pd.DataFrame, *, mode: str, seed: int, max_train_pairs: in
         rows += [{"pair": f"{m}_to_{t}", "moving": m, "target": t, "split": split} for m, t in combos]
     pairs = pd.DataFrame(rows, columns=["pair", "moving", "target", "split"])
     for split in SPLITS:
-        if split == "train" and train_pairs_optional:
+        if (split == "train" and train_pairs_optional) or (split == "test" and not reference_pairs):
             continue
         if not (pairs["split"] == split).any():
             raise QsInputError(
@@ -307,7 +310,7 @@ def drop_partial_columns(table: pd.DataFrame) -> list[str]:
 
 def cohort_tables(*, source: str, sheet="", bids="", label_suffixes=("dseg", "labels"), test_fraction=0.25, seed=0,
                   demo_root="", demo_subjects_n=0, mode="image-to-image", max_train_pairs=0, max_test_pairs=0,
-                  train_pairs_optional=False):
+                  train_pairs_optional=False, reference_pairs=True):
     """The workflow's cohort: ``(subjects, pairs, warnings)``, the subject and pair tables of ``config``.
 
     One function for the workflow (which plans from it) and ``qs cohort-tables`` (which writes it), so
@@ -322,7 +325,7 @@ def cohort_tables(*, source: str, sheet="", bids="", label_suffixes=("dseg", "la
                                test_fraction=test_fraction, seed=seed)
     notes = drop_partial_columns(subjects)
     pairs = make_pairs(subjects, mode=mode, seed=seed, max_train_pairs=max_train_pairs, max_test_pairs=max_test_pairs,
-                       train_pairs_optional=train_pairs_optional)
+                       train_pairs_optional=train_pairs_optional, reference_pairs=reference_pairs)
     return subjects, pairs, notes
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
@@ -61,7 +62,7 @@ ATLAS_IDENTITY = ("grid.margin_mm", "atlas.source", "atlas.t1")
 RULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "demo": (("seed", "demo"), ()),
     "working_grid": (("grid",), ()),
-    "cohort_tables": (("seed", "cohort"), ()),
+    "cohort_tables": (("seed", "cohort"), ("pairs.reference",)),
     "preprocess": (("seed", "preprocess"), ("preprocess.orientation_search",)),
     "lddmm": (("seed", "kernel", "lddmm"), ()),
     "patches": (("patches", "kernel"), ()),
@@ -212,3 +213,74 @@ def with_demo_budget(config: dict, demo_file) -> dict:
     with open(demo_file) as f:
         budget = yaml.safe_load(f) or {}
     return _merged(budget, config)
+
+
+# --- presets: settings that fit the hardware (config/presets/<name>.yaml) ---------------------------------
+
+#: the presets a config names with ``preset:`` (the schema's enum; ``config/presets/<name>.yaml``)
+PRESETS = ("cpu", "gpu")
+
+
+def _dotted(mapping: dict, key: str):
+    """The value of a dotted key in a nested mapping; KeyError when a part is missing."""
+    value = mapping
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def _nested(key: str, value) -> dict:
+    """``{"a": {"b": value}}`` for the dotted key ``a.b``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_preset(name: str, presets_dir) -> dict:
+    """The settings of preset ``name``: ``presets_dir/<name>.yaml``, whose ``include: {file, keys}`` (optional)
+    copies the dotted ``keys`` that exist in ``file`` (relative to the preset file) under the file's own settings.
+
+    The ``cpu`` preset includes the hardware sections of ``config/demo.yaml``: the tested CPU recipe has one copy.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset: {name!r} is not one of {', '.join(PRESETS)}")
+    path = Path(presets_dir) / f"{name}.yaml"
+    own = yaml.safe_load(path.read_text()) or {}
+    include = own.pop("include", None)
+    out: dict = {}
+    if include:
+        source = yaml.safe_load((path.parent / include["file"]).read_text()) or {}
+        for key in include["keys"]:
+            try:
+                out = _merged(out, _nested(key, _dotted(source, key)))
+            except (KeyError, TypeError):
+                continue  # a key the included file does not set: the schema's default
+    return _merged(out, own)
+
+
+def preset_of(config: dict) -> str:
+    """The preset a (user's) config runs with: its ``preset``, else ``cpu`` for the demo cohort (its budget,
+    config/demo.yaml, is the CPU recipe) and the schema's default for any other cohort."""
+    if config.get("preset"):
+        return config["preset"]
+    source = (config.get("cohort") or {}).get("source", default("cohort.source"))
+    return "cpu" if source == "demo" else default("preset")
+
+
+def run_config(config: dict, presets_dir, demo_file) -> dict:
+    """The config of a run, lowest first: the schema's defaults (filled in when the workflow validates), the
+    preset (:func:`load_preset`), the demo's budget ``demo_file`` (config/demo.yaml: the demo cohort only), the
+    user's ``config`` (--configfile, --config). ``preset`` is set to the one used."""
+    name = preset_of(config)
+    if name not in PRESETS:  # the schema refuses it with the user's file named
+        return dict(config)
+    layers = [load_preset(name, presets_dir)]
+    source = (config.get("cohort") or {}).get("source", default("cohort.source"))
+    if source == "demo":
+        with open(demo_file) as f:
+            layers.append(yaml.safe_load(f) or {})
+    out: dict = {}
+    for layer in [*layers, config]:
+        out = _merged(out, layer)
+    out["preset"] = name
+    return out

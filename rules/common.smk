@@ -54,6 +54,7 @@ def cohort_settings():
         max_train_pairs=p["max_train_pairs"],
         max_test_pairs=p["max_test_pairs"],
         train_pairs_optional=bool(config["models"]["prediction"]),  # reused models need no training pairs
+        reference_pairs=config["pairs"]["reference"],  # false: no test pairs (a run that only registers)
     )
 
 
@@ -62,6 +63,9 @@ def cohort_args():
     flag alone)."""
     flags = []
     for key, value in cohort_settings().items():
+        if key == "reference_pairs":
+            flags += [] if value else ["--no-reference-pairs"]
+            continue
         if value == "" or value is False:
             continue
         flag = "--" + {"demo_subjects_n": "demo_subjects"}.get(key, key).replace("_", "-")
@@ -157,6 +161,11 @@ def check_models():
         raise QsInputError(
             "config: register.method is predict+correct but this run has no correction network "
             "(train.correction: false); use register.method: auto, predict or predict+refine"
+        )
+    if not config["pairs"]["reference"] and REGISTER["pairs"] == "none":
+        raise QsInputError(
+            "config: pairs.reference is false (no reference pairs, no evaluation) and register.pairs is none: "
+            "the run would register nothing; set register.pairs (atlas-to-image or image-to-image)"
         )
     if REGISTER["pairs"] != "none" and REGISTER_METHOD == "predict+refine" and not REFINES:
         raise QsInputError(
@@ -500,7 +509,8 @@ def get_final_output():
     out += [preprocessed(s, "T1w.nii.gz") for s in SUBJECTS]
     out += [f"{R}/lddmm/{p}/summary.json" for p in (TEST_PAIRS if REUSE else PAIRS)]
     out += [f"{R}/registrations/{p}/summary.json" for p in registrations.index]
-    out += [f"{R}/report/{name}" for name in REPORT_FILES]
+    # pairs.reference false: no reference pairs, no evaluation report (the registrations and their QC)
+    out += [f"{R}/report/{name}" for name in REPORT_FILES] if TEST_PAIRS else []
     out += [f"{R}/provenance/provenance.json"]
     return out
 

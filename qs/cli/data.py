@@ -49,7 +49,7 @@ def _cohort_tables(args):
         source=args.source, sheet=args.sheet, bids=args.bids, label_suffixes=tuple(args.label_suffixes),
         test_fraction=args.test_fraction, seed=args.seed, demo_root=args.demo_root, demo_subjects_n=args.demo_subjects,
         mode=args.mode, max_train_pairs=args.max_train_pairs, max_test_pairs=args.max_test_pairs,
-        train_pairs_optional=args.train_pairs_optional,
+        train_pairs_optional=args.train_pairs_optional, reference_pairs=not args.no_reference_pairs,
     )
     for note in notes:
         print(f"qs: warning: {note}", file=sys.stderr)
@@ -110,6 +110,8 @@ def add_subcommands(sub) -> None:
     p.add_argument("--demo-root", default="", help="folder of the demo cohort (--source demo)")
     p.add_argument("--train-pairs-optional", action="store_true",
                    help="no training pairs is no error (a run that reuses trained models, config models.*)")
+    p.add_argument("--no-reference-pairs", action="store_true",
+                   help="no test (reference) pairs: a run that only registers the cohort (config pairs.reference false)")
     p.add_argument("--out-subjects", required=True, type=Path)
     p.add_argument("--out-pairs", required=True, type=Path)
     p.set_defaults(func=_cohort_tables)
