@@ -10,6 +10,7 @@ in config/README.md) < the preset (`preset: cpu | gpu`, config/presets/) < the d
 results/provenance/config.yaml shows the effective settings of a run.
 """
 
+import json
 import os
 import sys
 
@@ -40,6 +41,13 @@ onstart:
 
 
 include: "rules/common.smk"
+
+
+# qs plan (qs/plan.py) reads the run's effective config, defaults filled in, from its dry run.
+if os.environ.get("QS_PLAN_CONFIG") and workflow.is_main_process:
+    with open(os.environ["QS_PLAN_CONFIG"], "w") as f:
+        json.dump(config, f)
+
 
 
 # Patterns, not lists of the cohort's names: Snakemake writes a constraint into every output pattern and scans

@@ -15,7 +15,7 @@ from .. import __version__
 from ..io import QsInputError
 
 #: modules of ``qs.cli`` that add their subcommands through ``add_subcommands(subparsers)``, in help order
-COMMAND_MODULES: tuple[str, ...] = ("data", "registration", "learning", "predict", "register", "report", "provenance")
+COMMAND_MODULES: tuple[str, ...] = ("data", "registration", "learning", "predict", "register", "report", "provenance", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
