@@ -10,12 +10,12 @@ in config/README.md) < the preset (`preset: cpu | gpu`, config/presets/) < the d
 results/provenance/config.yaml shows the effective settings of a run.
 """
 
-import json
 import os
 import sys
 
 from snakemake.utils import min_version
 
+from qs.plan import hand_config_to_plan
 from qs.runlock import record_lock_owner, release_stale_lock
 from qs.settings import run_config
 
@@ -43,11 +43,10 @@ onstart:
 include: "rules/common.smk"
 
 
-# qs plan (qs/plan.py) reads the run's effective config, defaults filled in, from its dry run.
-if os.environ.get("QS_PLAN_CONFIG") and workflow.is_main_process:
-    with open(os.environ["QS_PLAN_CONFIG"], "w") as f:
-        json.dump(config, f)
-
+# qs plan (qs/plan.py) reads the run's effective config, defaults filled in, from its dry run (the main process
+# only: a variable of qs plan's own dry run, which no cluster job needs).
+if workflow.is_main_process:
+    hand_config_to_plan(config)
 
 
 # Patterns, not lists of the cohort's names: Snakemake writes a constraint into every output pattern and scans

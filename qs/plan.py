@@ -193,6 +193,19 @@ def format_plan(rows: list[Row], config: dict, cores: int) -> str:
     return "\n".join(lines)
 
 
+#: the environment variable naming the file where the workflow writes its effective config for :func:`plan`
+PLAN_CONFIG = "QS_PLAN_CONFIG"
+
+
+def hand_config_to_plan(config: dict) -> None:
+    """Called by the Snakefile: write the effective ``config`` (JSON) to ``$QS_PLAN_CONFIG`` when :func:`plan`'s
+    dry run set it; nothing otherwise."""
+    path = os.environ.get(PLAN_CONFIG)
+    if path:
+        with open(path, "w") as f:
+            json.dump(config, f)
+
+
 def default_snakefile() -> Path:
     """The workflow's Snakefile: ./Snakefile, else the one beside this package (a checkout)."""
     here = Path("Snakefile")
@@ -216,7 +229,7 @@ def plan(*, snakefile=None, configfiles=(), config_args=(), directory=None, targ
         if config_args:
             cmd += ["--config", *config_args]
         cmd += list(targets)
-        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "QS_PLAN_CONFIG": config_json})
+        done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, PLAN_CONFIG: config_json})
         output = done.stdout + done.stderr
         if done.returncode != 0 or not os.path.exists(config_json):
             raise RuntimeError(output[-4000:])
