@@ -41,20 +41,10 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from refine import run_settings  # noqa: E402  (benchmarks/refine.py, beside this script)
+from refine import lddmm_defaults, run_settings  # noqa: E402  (benchmarks/refine.py, beside this script)
 from syn import test_pairs  # noqa: E402
 
 _WARM = {}
-
-
-def lddmm_defaults(cfg: dict) -> dict:
-    """The run's LDDMM settings as keyword arguments of :func:`qs.lddmm.lddmm_registration`."""
-    L = cfg["lddmm"]
-    return dict(alpha=L["alpha"], beta=L["beta"], gamma=L["gamma"], sigma=L["sigma"], time_steps=L["time_steps"],
-                iterations=L["iterations"], coarse_iterations=L["coarse_iterations"], similarity=L["similarity"],
-                window=L["window"], method=L["optimizer"], progress=False,
-                **({"power": L["power"]} if "power" in L else {}),
-                **({"scales": L["kernel_scales"]} if L.get("kernel_scales") else {}))
 
 
 def _overlap(warped_labels: np.ndarray, target_labels: np.ndarray, exclude) -> float:

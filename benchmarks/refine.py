@@ -61,12 +61,21 @@ def run_settings(results: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def reference_pairs(results: Path, limit: int) -> list[dict]:
-    """The run's test pairs (:func:`syn.test_pairs`: images and labels) with their LDDMM warp; the first ``limit``."""
+def lddmm_defaults(cfg: dict) -> dict:
+    """The run's LDDMM settings as keyword arguments of :func:`qs.lddmm.lddmm_registration`."""
+    L = cfg["lddmm"]
+    return dict(alpha=L["alpha"], beta=L["beta"], gamma=L["gamma"], sigma=L["sigma"], time_steps=L["time_steps"],
+                iterations=L["iterations"], coarse_iterations=L["coarse_iterations"], similarity=L["similarity"],
+                window=L["window"], method=L["optimizer"], scales=tuple(L.get("kernel_scales", [1.0])),
+                progress=False)
+
+
+def reference_pairs(results: Path, limit: int, split: str = "test") -> list[dict]:
+    """The run's ``split`` pairs (:func:`syn.test_pairs`: images and labels) with their LDDMM warp; the first ``limit``."""
     from syn import test_pairs  # benchmarks/syn.py, beside this script
 
     out = []
-    for pair, moving, target, moving_labels, target_labels in test_pairs(results):
+    for pair, moving, target, moving_labels, target_labels in test_pairs(results, split):
         lddmm = results / "lddmm" / pair / "warp.nii.gz"
         if not lddmm.is_file():
             sys.exit(f"{lddmm}: missing (run the workflow first)")
@@ -97,7 +106,10 @@ def _record(rows, ctx, method, seconds, u=None, warped_labels=None):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--results", type=Path, default=Path("results"))
-    p.add_argument("--pairs", type=int, default=0, help="only the first N test pairs (0: all)")
+    p.add_argument("--pairs", type=int, default=0, help="only the first N pairs (0: all)")
+    p.add_argument("--split", choices=["test", "train"], default="test",
+                   help="the pairs: the reference pairs (test) or, to choose settings, the training pairs (the "
+                        "networks saw them: their prediction is optimistic, compare methods, not absolute numbers)")
     p.add_argument("--refine", nargs="*", default=["0:5", "10:10", "10:20"], metavar="C:F",
                    help="predict+refine settings: C coarse and F working-grid evaluations")
     p.add_argument("--lddmm", nargs="*", default=[], metavar="NAME=JSON", help="extra LDDMM variants")
@@ -124,9 +136,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     cfg = run_settings(args.results)
     L, P = cfg["lddmm"], cfg["predict"]
-    lddmm_kw = dict(alpha=L["alpha"], beta=L["beta"], gamma=L["gamma"], sigma=L["sigma"], time_steps=L["time_steps"],
-                    iterations=L["iterations"], coarse_iterations=L["coarse_iterations"], similarity=L["similarity"],
-                    window=L["window"], method=L["optimizer"], progress=False)
+    lddmm_kw = lddmm_defaults(cfg)
     variants = {"lddmm": {}}
     for spec in args.lddmm:
         name, _, text = spec.partition("=")
@@ -142,9 +152,9 @@ def main(argv=None) -> int:
                                       device="cpu")
     predict_kw = dict(stride=P["stride"] or None, mirror_axes=tuple(P["mirror_axes"]), batch_size=P["batch_size"],
                       device="cpu", progress=False)
-    pairs = reference_pairs(args.results, args.pairs)
+    pairs = reference_pairs(args.results, args.pairs, args.split)
     syn_names = ["syn-quick", *(["syn"] if args.syn else [])]
-    print(f"{len(pairs)} test pairs; {args.threads} thread(s); LDDMM {L['coarse_iterations']} + {L['iterations']} "
+    print(f"{len(pairs)} {args.split} pairs; {args.threads} thread(s); LDDMM {L['coarse_iterations']} + {L['iterations']} "
           f"evaluations, {L['time_steps']} RK4 steps", flush=True)
 
     rows = []
