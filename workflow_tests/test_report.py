@@ -66,6 +66,11 @@ def test_detj_detects_folding(tree):
     assert df.loc["predict", "detj_pos_pct"] == pytest.approx(100.0)
     assert np.isnan(df.loc["affine", "detj_pos_pct"])  # n/a, as in the paper
     assert len(_tsv(tree["root"] / "report/detj.tsv")) == 8
+    # summary.md says which method folds where (the fold's pair and voxels), and no other
+    folds = next(ln for ln in (tree["root"] / "report/summary.md").read_text().splitlines() if "**Folds**" in ln)
+    pair = tree["pairs"][0].name
+    assert f"`predict-mc` on {pair} ({int(d1.loc['predict-mc', 'detj_nonpos_voxels'])} voxels" in folds
+    assert "`lddmm` on" not in folds and "`predict` on" not in folds
 
 
 def test_detj_summary_counts_nonpositive_voxels():

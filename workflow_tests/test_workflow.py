@@ -74,9 +74,9 @@ def test_default_config_plans_the_whole_dag(tmp_path):
     assert run.returncode == 0, run.output
     out = run.output
     # the demo: 9 subjects (3 test: 6 reference pairs, 10 training pairs); predict: predict and predict-refine
-    # (the demo has no correction network); syn: syn-quick only
+    # (the demo has no correction network); syn: syn-quick on the 6, syn on 2 (evaluate.syn_max_pairs)
     plan = {"builtin_atlas": 1, "demo": 1, "working_grid": 1, "cohort_tables": 1, "validate_subject": 9, "preprocess": 9,
-            "lddmm": 16, "patches": 10, "train_prediction": 1, "predict": 12, "predict_mc": 6, "syn": 6,
+            "lddmm": 16, "patches": 10, "train_prediction": 1, "predict": 12, "predict_mc": 6, "syn": 8,
             "evaluate_pair": 6, "provenance": 1, "report": 1, "all": 1}
     assert planned_jobs(out) == plan, out
 

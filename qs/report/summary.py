@@ -175,6 +175,15 @@ def summary_markdown(deformation, overlap, timing, detj, *, losses=None, n_pairs
     s += ["", "## Jacobian determinant", "",
           "det J of phi_1^{-1}, computed from each warp at every voxel of the grid (central differences).", ""]
     s.append(markdown_table(detj_table(detj), {"detj_pos_pct": ".0f", "detj_min": ".4g", "detj_max": ".4g"}))
+    folds = detj[~detj["detj_pos"].astype(bool)]
+    if len(folds):
+        where = "; ".join(f"`{r.method}` on {r.pair} ({int(r.detj_nonpos_voxels)} voxels, min {r.detj_min:.3g})"
+                          for r in folds.itertuples())
+        s += ["", f"**Folds** (det J <= 0 somewhere): {where}. Every method but affine is shot from a momentum, "
+              "a diffeomorphism in the continuum; a fold is where the energy let the momentum's finest detail grow "
+              "beyond what the shooting on the working grid resolves: a larger `lddmm.sigma` (the kernel's norm "
+              "binds harder) or wider `lddmm.kernel_scales` remove it; more RK4 steps do not (docs/learning.md). "
+              "The voxels: each pair's warp in its method's folder."]
 
     if losses:
         s += ["", "## Training", "",
