@@ -88,7 +88,7 @@ def test_the_demo_registers_its_cohort_when_asked(tmp_path):
     assert run.returncode == 0, run.output[-3000:]
     assert planned_jobs(run.output)["register"] == 9, run.output
     commands = [ln for ln in run.output.splitlines() if "qs register-pair" in ln]
-    assert len(commands) == 9 and all("--refine 10 --refine-coarse 10" in c and "--correct" not in c for c in commands)
+    assert len(commands) == 9 and all("--refine 2 --refine-coarse 10" in c and "--correct" not in c for c in commands)
     forced = snakemake("-n", "--config", "register={pairs: atlas-to-image, method: predict+correct}", cwd=tmp_path)
     assert forced.returncode != 0 and "no correction network" in forced.output
 
