@@ -152,7 +152,8 @@ def test_new_subjects_are_registered_with_a_trained_model_and_nothing_else(tmp_p
     assert jobs["provenance"] == 1
     assert any("--no-reference-pairs" in c for c in _commands(run.output, "qs cohort-tables"))
     # auto follows the model: no correction network, the demo's refinement
-    assert all("--refine 10" in c and "--correct" not in c for c in _commands(run.output, "qs register-pair"))
+    assert all("--refine 2 --refine-coarse 10" in c and "--correct" not in c
+               for c in _commands(run.output, "qs register-pair"))
 
 
 def test_without_reference_pairs_a_run_trains_and_registers_but_evaluates_nothing(tmp_path):
