@@ -38,9 +38,10 @@ PATCHES_PER_PAIR = 150
 #: 2 cores, docs/learning.md); the paper's encoder-decoder at 64 features (1.3-5 h per epoch per 10,000 patches
 #: on 2 cores, docs/scale.md)
 TRAIN_S_PER_PATCH = {"dilated": (0.011, 16), "dilated-match": (0.011, 16), "quicksilver": (1.0, 64)}
-#: one prediction pass over a pair: the dilated-match net with 8 mirror passes at stride 12, 11 s (docs/lpba40.md);
-#: the encoder-decoder: assumed 60 s on a CPU (not measured)
-PREDICT_S = {"dilated": 11.0, "dilated-match": 11.0, "quicksilver": 60.0}
+#: a prediction of a pair at 2 mm, 1 thread: (seconds apart from the network, seconds per network pass over the
+#: pair); the dilated-match net at stride 12: 3.5 s with one pass, 10.8 s with 8 mirror passes (docs/lpba40.md);
+#: the encoder-decoder: assumed 60 s per pass on a CPU (not measured)
+PREDICT_S = {"dilated": (2.5, 1.05), "dilated-match": (2.5, 1.05), "quicksilver": (2.5, 60.0)}
 
 
 @dataclass
@@ -84,8 +85,9 @@ def _lddmm_s(config, iterations, coarse) -> float:
 
 
 def _predict_s(config, method: str) -> float:
-    arch = config["train"]["architecture"]
-    base = PREDICT_S[arch] * _voxels(config)
+    fixed, per_pass = PREDICT_S[config["train"]["architecture"]]
+    passes = 2 ** len(config["predict"].get("mirror_axes", []))
+    base = (fixed + per_pass * passes) * _voxels(config)
     if method == "predict-correct":
         return base * (1 + 1.5 * config["predict"]["corrections"])  # ~46 s per round beside 30 s (docs/scale.md)
     if method == "predict-refine":

@@ -34,7 +34,8 @@ def _config(architecture="dilated-match"):
     return {"preset": "cpu", "grid": {"spacing": 2.0}, "cohort": {"source": "sheet"}, "models": {"correction": ""},
             "lddmm": {"time_steps": 3, "iterations": 10, "coarse_iterations": 30},
             "train": {"architecture": architecture, "stride": 14, "epochs": 20, "features": 16, "correction": False},
-            "predict": {"corrections": 1, "refine_iterations": 10, "refine_coarse_iterations": 10, "samples": 5},
+            "predict": {"corrections": 1, "refine_iterations": 10, "refine_coarse_iterations": 10, "samples": 5,
+                        "mirror_axes": [0, 1, 2]},
             "register": {"method": "auto"},
             "evaluate": {"syn_variants": ["syn-quick"], "syn_iterations": [100, 70, 50]}}
 
@@ -44,6 +45,10 @@ def test_the_figures_are_the_measured_ones():
     rows = {r.rule: r for r in estimate([Job("lddmm"), Job("predict", {"method": "predict-refine"})], _config())}
     assert 35 < rows["lddmm"].cpu_h * 3600 < 50
     assert 35 < rows["predict"].cpu_h * 3600 < 55
+    one_pass = _config()
+    one_pass["predict"] = {**one_pass["predict"], "mirror_axes": [], "refine_iterations": 0, "refine_coarse_iterations": 0}
+    single = estimate([Job("predict", {"method": "predict"})], one_pass)[0]
+    assert 3 < single.cpu_h * 3600 < 4.5  # LPBA40: 3.5 s with one network pass (10.8 s with 8)
     gpu = {r.rule: r for r in estimate([Job("lddmm", gpu=1)], _config())}
     assert gpu["lddmm"].cpu_h == 0 < gpu["lddmm"].gpu_h and "assumed" in gpu["lddmm"].basis
 
