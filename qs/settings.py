@@ -222,14 +222,6 @@ def with_demo_budget(config: dict, demo_file) -> dict:
 PRESETS = ("cpu", "gpu")
 
 
-def _dotted(mapping: dict, key: str):
-    """The value of a dotted key in a nested mapping; KeyError when a part is missing."""
-    value = mapping
-    for part in key.split("."):
-        value = value[part]
-    return value
-
-
 def _nested(key: str, value) -> dict:
     """``{"a": {"b": value}}`` for the dotted key ``a.b``."""
     for part in reversed(key.split(".")):
@@ -253,7 +245,7 @@ def load_preset(name: str, presets_dir) -> dict:
         source = yaml.safe_load((path.parent / include["file"]).read_text()) or {}
         for key in include["keys"]:
             try:
-                out = _merged(out, _nested(key, _dotted(source, key)))
+                out = _merged(out, _nested(key, lookup(source, key)))
             except (KeyError, TypeError):
                 continue  # a key the included file does not set: the schema's default
     return _merged(out, own)
@@ -275,14 +267,7 @@ def run_config(config: dict, presets_dir, demo_file) -> dict:
     name = preset_of(config)
     if name not in PRESETS:  # the schema refuses it with the user's file named
         return dict(config)
-    layers = [load_preset(name, presets_dir)]
-    source = (config.get("cohort") or {}).get("source", default("cohort.source"))
-    if source == "demo":
-        with open(demo_file) as f:
-            layers.append(yaml.safe_load(f) or {})
-    out: dict = {}
-    for layer in [*layers, config]:
-        out = _merged(out, layer)
+    out = _merged(load_preset(name, presets_dir), with_demo_budget(config, demo_file))
     out["preset"] = name
     return out
 
