@@ -206,7 +206,8 @@ class FluidKernel:
         """``v`` filtered by ``1 / (1 + l(w) / l(w_c))``: mm in, mm out.
 
         ``l(w) = (alpha |w|^2 + gamma)^power`` is the kernel's isotropic part
-        (the discrete Laplacian's symbol for ``|w|^2``; ``beta`` plays no part)
+        (the discrete Laplacian's symbol for ``|w|^2``; ``beta`` and ``scales`` play no part: the widest
+        kernel's shape)
         and ``w_c = 2 pi / cutoff_mm``: the Tikhonov projection onto fields of
         the kernel's smoothness, which halves the spectrum at the wavelength
         ``cutoff_mm`` (:func:`qs.fields.lowpass_velocity`). The filter is
